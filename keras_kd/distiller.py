@@ -1,0 +1,601 @@
+"""`Distiller`: a `keras.Model` that trains a student to match a frozen teacher."""
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from keras_kd import losses as kd_losses
+
+# Teacher logits computed ahead of training travel inside `x`, next to the
+# inputs, so that they stay matched to their examples under any shuffling.
+INPUTS_KEY = "keras_kd_inputs"
+TEACHER_LOGITS_KEY = "keras_kd_teacher_logits"
+
+_TEACHER_OUTPUTS = ("logits", "probabilities")
+_PROBE_SIZE = 16
+# Rows this close to summing to one, with no negative entry, are probabilities.
+_SUM_TO_ONE_ATOL = 1e-3
+_MIN_PROBABILITY = 1e-12
+
+
+def split_cached_inputs(x):
+    """Returns `(inputs, teacher_logits)`; `teacher_logits` is `None` unless cached."""
+    if isinstance(x, dict) and TEACHER_LOGITS_KEY in x:
+        return x[INPUTS_KEY], x[TEACHER_LOGITS_KEY]
+    return x, None
+
+
+def _check_model(model, role):
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{role}` must be a `keras.Model` (Sequential, Functional or "
+            f"subclassed), got {type(model).__name__}: {model!r}."
+        )
+
+
+def _output_layer(model):
+    """The layer that produces a Functional/Sequential model's output, or None."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or len(outputs) != 1:
+        return None
+    history = getattr(outputs[0], "_keras_history", None)
+    return history[0] if history else None
+
+
+def _ends_in_softmax(model):
+    layer = _output_layer(model)
+    if layer is None:
+        return False
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) == "softmax"
+
+
+def _num_classes(model):
+    """The static size of a model's last output axis, or None if unknown."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or len(outputs) != 1:
+        return None
+    return outputs[0].shape[-1]
+
+
+def _looks_like_probabilities(values):
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim < 1 or values.size == 0 or values.shape[-1] < 2:
+        return False
+    sums = values.sum(axis=-1)
+    return bool(values.min() >= 0.0 and np.allclose(sums, 1.0, atol=_SUM_TO_ONE_ATOL))
+
+
+def _softmax_message(role):
+    fix = (
+        "Pass a model that outputs logits (for example rebuild it with "
+        "`activation=None` on the last layer, or take the output of the layer "
+        "before the softmax)"
+    )
+    if role == "teacher":
+        fix += (
+            ", or declare the outputs with "
+            "`Distiller(student, teacher, teacher_outputs='probabilities')`"
+        )
+    return (
+        f"The {role} outputs probabilities (a softmax head), but logits are "
+        f"expected. {fix}."
+    )
+
+
+def _per_example(values, batch_size):
+    """Brings a loss function's output to shape `(batch,)`, float32."""
+    values = ops.cast(values, "float32")
+    rank = len(values.shape)
+    if rank == 0:
+        return ops.broadcast_to(values, (batch_size,))
+    if rank > 1:
+        return ops.mean(values, axis=tuple(range(1, rank)))
+    return values
+
+
+def _serialize_model(model):
+    """Serializes a sub-model without its own compile state.
+
+    The distiller's optimizer trains the student; an optimizer left over from
+    compiling the teacher or the student on their own would be restored empty
+    and only produce warnings on `load_model`.
+    """
+    config = keras.saving.serialize_keras_object(model)
+    config.pop("compile_config", None)
+    return config
+
+
+def _call_unreduced(loss_fn, y_true, y_pred):
+    if isinstance(loss_fn, keras.losses.Loss):
+        return loss_fn.call(y_true, y_pred)
+    return loss_fn(y_true, y_pred)
+
+
+def _probe_batch(x):
+    """A few examples of the transfer set, to check models and data eagerly.
+
+    Returns `None` when the data cannot be peeked at without consuming it (a
+    Python generator). Raises `ValueError` when the data is empty.
+    """
+    if isinstance(x, tf.data.Dataset):
+        for batch in x.take(1):
+            inputs, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], inputs)
+        raise ValueError(
+            "The dataset passed to `fit` is empty: it yielded no batch. Check "
+            "the pipeline (a `filter`, `take` or `skip` may remove everything)."
+        )
+    if isinstance(x, keras.utils.PyDataset):
+        if len(x) == 0:
+            raise ValueError("The `PyDataset` passed to `fit` is empty (len 0).")
+        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(x[0])
+        return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], inputs)
+    if x is None:
+        raise ValueError("`fit` needs data: got `x=None`.")
+    leaves = keras.tree.flatten(x)
+    if leaves and all(hasattr(leaf, "shape") for leaf in leaves):
+        if any(leaf.shape[0] == 0 for leaf in leaves):
+            raise ValueError(
+                "The data passed to `fit` is empty: "
+                f"inputs with shapes {[tuple(leaf.shape) for leaf in leaves]}."
+            )
+        return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], x)
+    return None
+
+
+def _resolve_student_loss(loss_fn):
+    if loss_fn is None:
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if isinstance(loss_fn, str):
+        return keras.losses.get(loss_fn)
+    if not callable(loss_fn):
+        raise ValueError(
+            "`student_loss_fn` must be a Keras loss (a `keras.losses.Loss`, a "
+            f"loss function or its name), got {loss_fn!r}."
+        )
+    return loss_fn
+
+
+def _resolve_distillation_loss(loss_fn, temperature):
+    if loss_fn is None:
+        return kd_losses.KDLoss(temperature=temperature)
+    if isinstance(loss_fn, str):
+        return keras.losses.get(loss_fn)
+    if not callable(loss_fn):
+        raise ValueError(
+            "`distillation_loss_fn` must be a Keras loss (for example "
+            "`keras.losses.KLDivergence()`), a loss function or its name, or "
+            f"None for keras_kd's stable tempered KL; got {loss_fn!r}."
+        )
+    return loss_fn
+
+
+def _check_alpha(alpha):
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
+        raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(
+            "`alpha` must be in [0, 1]: it weighs the student's label loss, "
+            "and `1 - alpha` the distillation loss. "
+            f"Got alpha={alpha!r}."
+        )
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class Distiller(keras.Model):
+    """Trains a student to match a frozen teacher's softened outputs.
+
+    The loss minimised by `fit` is, per example,
+
+    `alpha * student_loss(y, s) + (1 - alpha) * T² * KL(softmax(t/T) || softmax(s/T))`
+
+    plus the student's own regularization losses (`student.losses`), with `t`
+    the teacher's logits, `s` the student's logits and `T` the temperature.
+    The KL runs from the teacher (target) to the student; the T² factor keeps
+    the soft-target gradients at the same scale for every T (Hinton et al.).
+
+    The teacher is frozen (`teacher.trainable` is set to `False`), runs with
+    `training=False` outside the gradient tape, and its weights never change.
+    `evaluate`, `predict` and `__call__` use the student only.
+
+    Per-example losses are reduced over the global batch, weighted by
+    `sample_weight` as in Keras (`sum(loss * weight) / batch_size`), so that
+    training on several replicas gives the same result as on one device.
+    `fit` logs `loss` (the total), `student_loss` (mean label loss over the
+    labeled examples), `distillation_loss` (the T²-scaled KL) and every
+    compiled metric, computed on the student's predictions.
+
+    `fit(x)` without labels trains on the soft targets alone: each example
+    contributes `(1 - alpha) * T² * KL`.
+
+    Args:
+        student: `keras.Model` to train. Must output logits.
+        teacher: Trained `keras.Model` with the same number of outputs
+            classes. Must output logits unless `teacher_outputs` says
+            otherwise.
+        teacher_outputs: `"logits"` or `"probabilities"`. With
+            `"probabilities"`, the teacher's outputs are turned into logits
+            with `log(p)` (which `softmax` maps back to `p`). Defaults to
+            `"logits"`.
+        name: Model name. Defaults to `"distiller"`.
+
+    Raises:
+        ValueError: if a model is not a `keras.Model`, the student is the
+            teacher, the class counts differ, a model ends in a softmax,
+            or `teacher_outputs` is unknown.
+
+    Example:
+
+    ```python
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.Adam(),
+        metrics=[keras.metrics.SparseCategoricalAccuracy()],
+        alpha=0.1,
+        temperature=10,
+    )
+    distiller.fit(x_train, y_train, epochs=3)
+    distiller.evaluate(x_test, y_test)
+    ```
+
+    Reference:
+        Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
+        2015, https://arxiv.org/abs/1503.02531
+    """
+
+    def __init__(
+        self, student, teacher, teacher_outputs="logits", name="distiller", **kwargs
+    ):
+        super().__init__(name=name, **kwargs)
+        _check_model(student, "student")
+        _check_model(teacher, "teacher")
+        if student is teacher:
+            raise ValueError(
+                "`student` and `teacher` are the same model object. Distill "
+                "into a new model (for example `keras.models.clone_model`)."
+            )
+        if teacher_outputs not in _TEACHER_OUTPUTS:
+            raise ValueError(
+                f"`teacher_outputs` must be one of {_TEACHER_OUTPUTS}, got "
+                f"{teacher_outputs!r}."
+            )
+        if teacher_outputs == "logits" and _ends_in_softmax(teacher):
+            raise ValueError(_softmax_message("teacher"))
+        if _ends_in_softmax(student):
+            raise ValueError(_softmax_message("student"))
+        student_classes, teacher_classes = _num_classes(student), _num_classes(teacher)
+        if None not in (student_classes, teacher_classes):
+            self._check_class_counts(student_classes, teacher_classes)
+
+        self.student = student
+        self.teacher = teacher
+        self.teacher_outputs = teacher_outputs
+        self.teacher.trainable = False
+        self._kd_trackers = (
+            keras.metrics.Mean(name="student_loss"),
+            keras.metrics.Mean(name="distillation_loss"),
+        )
+        self._evaluating = False
+        self.alpha = 0.1
+        self.temperature = 3.0
+        self.student_loss_fn = _resolve_student_loss(None)
+        self.distillation_loss_fn = _resolve_distillation_loss(None, self.temperature)
+        # The distiller owns no variables of its own: it is built once its
+        # models are, which lets `save` and `compile_from_config` restore
+        # the optimizer.
+        self.built = True
+
+    @staticmethod
+    def _check_class_counts(student_classes, teacher_classes):
+        if student_classes != teacher_classes:
+            raise ValueError(
+                f"The teacher outputs {teacher_classes} classes and the student "
+                f"{student_classes}: they must output the same classes, in the "
+                "same order."
+            )
+
+    def compile(
+        self,
+        optimizer="adam",
+        metrics=None,
+        student_loss_fn=None,
+        distillation_loss_fn=None,
+        alpha=0.1,
+        temperature=None,
+        **kwargs,
+    ):
+        """Configures the distiller for training.
+
+        The signature is the keras.io "Knowledge Distillation" example's, so
+        code written for it runs unchanged.
+
+        Args:
+            optimizer: Optimizer for the student's weights. Defaults to
+                `"adam"`.
+            metrics: Metrics computed on the student's predictions against the
+                labels. Defaults to `None`.
+            student_loss_fn: Label loss, called as `fn(y, student_logits)`.
+                Defaults to
+                `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`.
+            distillation_loss_fn: Distillation loss. `None` uses
+                `keras_kd.losses.KDLoss`, a tempered KL computed from
+                log-softmax in float32. A loss with a `takes_logits = True`
+                attribute (every `keras_kd.losses` class) gets the raw
+                logits and applies its own temperature. Any other loss, such
+                as `keras.losses.KLDivergence()`, is called as in the keras.io
+                example, `fn(softmax(t/T), softmax(s/T))`, and multiplied by
+                T². Defaults to `None`.
+            alpha: Weight of the student (label) loss; `1 - alpha` weighs the
+                distillation loss. Defaults to `0.1`.
+            temperature: Softmax temperature T > 0. Defaults to `3.0` (or the
+                `temperature` of a `keras_kd` loss passed as
+                `distillation_loss_fn`).
+            **kwargs: Passed to `keras.Model.compile` (`weighted_metrics`,
+                `jit_compile`, `steps_per_execution`, `run_eagerly`).
+
+        Raises:
+            ValueError: for `alpha` outside [0, 1], `temperature <= 0`, a
+                non-callable loss, `loss=` (use `student_loss_fn`), or a
+                `temperature` that contradicts the distillation loss's own.
+        """
+        if kwargs.pop("loss", None) is not None:
+            raise ValueError(
+                "`Distiller.compile` takes `student_loss_fn` for the label loss "
+                "and `distillation_loss_fn` for the teacher term, not `loss`."
+            )
+        kwargs.pop("loss_weights", None)
+        _check_alpha(alpha)
+        own_temperature = getattr(distillation_loss_fn, "temperature", None)
+        takes_logits = getattr(distillation_loss_fn, "takes_logits", False)
+        if takes_logits and own_temperature is not None:
+            if temperature is not None and temperature != own_temperature:
+                raise ValueError(
+                    f"`temperature={temperature!r}` contradicts the "
+                    f"distillation loss's own temperature {own_temperature!r}. "
+                    "Set it in one place only."
+                )
+            temperature = own_temperature
+        if temperature is None:
+            temperature = 3.0
+        kd_losses._check_temperature(temperature)
+
+        self.alpha = float(alpha)
+        self.temperature = float(temperature)
+        self.student_loss_fn = _resolve_student_loss(student_loss_fn)
+        self.distillation_loss_fn = _resolve_distillation_loss(
+            distillation_loss_fn, self.temperature
+        )
+        super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def call(self, inputs, training=None):
+        inputs, _ = split_cached_inputs(inputs)
+        return self.student(inputs, training=training)
+
+    def teacher_logits(self, x):
+        """The teacher's logits (float32) for a batch, as the losses see them."""
+        logits = self.teacher(x, training=False)
+        logits = ops.cast(logits, "float32")
+        if self.teacher_outputs == "probabilities":
+            logits = ops.log(ops.maximum(logits, _MIN_PROBABILITY))
+        return ops.stop_gradient(logits)
+
+    def _distillation_per_example(self, teacher_logits, student_logits):
+        loss_fn = self.distillation_loss_fn
+        if getattr(loss_fn, "takes_logits", False):
+            values = _call_unreduced(loss_fn, teacher_logits, student_logits)
+        else:
+            temperature = self.temperature
+            values = _call_unreduced(
+                loss_fn,
+                ops.softmax(teacher_logits / temperature, axis=-1),
+                ops.softmax(student_logits / temperature, axis=-1),
+            ) * (temperature**2)
+        return _per_example(values, ops.shape(student_logits)[0])
+
+    def _loss_terms(self, y, y_pred, teacher_logits, sample_weight):
+        """Per-replica sums of the weighted label and distillation losses.
+
+        Returns `(student_sum, labeled_count, distillation_sum, local_count)`,
+        all float32 scalars; dividing by a batch size gives means.
+        """
+        student_logits = ops.cast(y_pred, "float32")
+        batch_size = ops.shape(student_logits)[0]
+        weight = ops.ones((batch_size,), "float32")
+        if sample_weight is not None:
+            weight = _per_example(sample_weight, batch_size)
+        local_count = ops.cast(batch_size, "float32")
+
+        distillation = self._distillation_per_example(teacher_logits, student_logits)
+        distillation_sum = ops.sum(distillation * weight)
+        if y is None:
+            return ops.zeros(()), ops.zeros(()), distillation_sum, local_count
+        student = _per_example(
+            _call_unreduced(self.student_loss_fn, y, student_logits), batch_size
+        )
+        return ops.sum(student * weight), local_count, distillation_sum, local_count
+
+    def _regularization_loss(self):
+        if not self.student.losses:
+            return ops.zeros(())
+        return ops.cast(ops.sum(self.student.losses), "float32")
+
+    def train_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, teacher_logits = split_cached_inputs(x)
+        if teacher_logits is None:
+            teacher_logits = self.teacher_logits(x)
+        teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
+
+        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        with tf.GradientTape() as tape:
+            y_pred = self.student(x, training=True)
+            student_sum, labeled, distillation_sum, local_count = self._loss_terms(
+                y, y_pred, teacher_logits, sample_weight
+            )
+            weighted_sum = (
+                self.alpha * student_sum + (1.0 - self.alpha) * distillation_sum
+            )
+            regularization = self._regularization_loss()
+            global_count = local_count
+            if replicas > 1:
+                global_count = tf.distribute.get_replica_context().all_reduce(
+                    tf.distribute.ReduceOp.SUM, local_count
+                )
+            # Each replica's share of the global-batch mean; the optimizer sums
+            # the replicas' gradients.
+            replica_loss = weighted_sum / global_count + regularization / replicas
+            scaled_loss = self.optimizer.scale_loss(replica_loss)
+
+        variables = self.student.trainable_variables
+        gradients = tape.gradient(scaled_loss, variables)
+        self.optimizer.apply(gradients, variables)
+
+        student_tracker, distillation_tracker = self._kd_trackers
+        self._loss_tracker.update_state(
+            weighted_sum / local_count + regularization, sample_weight=local_count
+        )
+        student_tracker.update_state(
+            ops.divide_no_nan(student_sum, labeled), sample_weight=labeled
+        )
+        distillation_tracker.update_state(
+            distillation_sum / local_count, sample_weight=local_count
+        )
+        if y is not None:
+            self._compile_metrics_update(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    def test_step(self, data):
+        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        x, _ = split_cached_inputs(x)
+        if y is None:
+            raise ValueError(
+                "`evaluate` scores the student against labels, but the data "
+                "has none. Pass `(x, y)`."
+            )
+        y_pred = self.student(x, training=False)
+        student_logits = ops.cast(y_pred, "float32")
+        batch_size = ops.shape(student_logits)[0]
+        student = _per_example(
+            _call_unreduced(self.student_loss_fn, y, student_logits), batch_size
+        )
+        if sample_weight is not None:
+            student = student * _per_example(sample_weight, batch_size)
+        self._loss_tracker.update_state(
+            ops.mean(student) + self._regularization_loss(),
+            sample_weight=ops.cast(batch_size, "float32"),
+        )
+        self._compile_metrics_update(y, y_pred, sample_weight)
+        return self.get_metrics_result()
+
+    def _compile_metrics_update(self, y, y_pred, sample_weight):
+        if self._compile_metrics is not None:
+            self._compile_metrics.update_state(y, y_pred, sample_weight)
+
+    @property
+    def metrics(self):
+        metrics = super().metrics
+        if self._evaluating:
+            return [m for m in metrics if not any(m is t for t in self._kd_trackers)]
+        return metrics
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """Trains the student; see `keras.Model.fit`.
+
+        Before training, a few examples go through both models once, eagerly,
+        so that empty data, mismatched class counts and softmax outputs fail
+        here with a clear `ValueError` rather than deep inside TensorFlow.
+        `y=None` (and datasets without labels) trains on soft targets alone.
+        """
+        self.check_transfer_data(x)
+        return super().fit(x, y, *args, **kwargs)
+
+    def check_transfer_data(self, x):
+        """Raises `ValueError` if `x` is empty or the models do not fit it."""
+        probe = _probe_batch(x)
+        if probe is None or isinstance(
+            tf.distribute.get_strategy(), tf.distribute.TPUStrategy
+        ):
+            return
+        inputs, teacher_logits = split_cached_inputs(probe)
+        if teacher_logits is None:
+            teacher_outputs = self.teacher(inputs, training=False)
+            if self.teacher_outputs == "logits" and _looks_like_probabilities(
+                teacher_outputs
+            ):
+                raise ValueError(_softmax_message("teacher"))
+            teacher_logits = teacher_outputs
+        student_logits = self.student(inputs, training=False)
+        if _looks_like_probabilities(student_logits):
+            raise ValueError(_softmax_message("student"))
+        self._check_class_counts(student_logits.shape[-1], teacher_logits.shape[-1])
+
+    def evaluate(self, *args, **kwargs):
+        """Evaluates the student alone (the teacher is not run).
+
+        Reports the student's label loss (plus its regularization losses) and
+        the compiled metrics, as `student.evaluate` would.
+        """
+        self._evaluating = True
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self._evaluating = False
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "student": _serialize_model(self.student),
+                "teacher": _serialize_model(self.teacher),
+                "teacher_outputs": self.teacher_outputs,
+            }
+        )
+        return config
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        for role in ("student", "teacher"):
+            config[role] = keras.saving.deserialize_keras_object(
+                config[role], custom_objects=custom_objects
+            )
+        return cls(**config)
+
+    def get_compile_config(self):
+        if not self.compiled:
+            return {}
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "optimizer": serialize(self.optimizer),
+            "metrics": serialize(self._compile_config.config.get("metrics")),
+            "weighted_metrics": serialize(
+                self._compile_config.config.get("weighted_metrics")
+            ),
+            "student_loss_fn": serialize(self.student_loss_fn),
+            "distillation_loss_fn": serialize(self.distillation_loss_fn),
+            "alpha": self.alpha,
+            "temperature": self.temperature,
+            "steps_per_execution": self.steps_per_execution,
+            "jit_compile": self.jit_compile,
+        }
+
+    def compile_from_config(self, config):
+        config = {
+            key: keras.saving.deserialize_keras_object(value)
+            if isinstance(value, (dict, list))
+            else value
+            for key, value in config.items()
+        }
+        self.compile(**config)
+        if self.built:
+            self.optimizer.build(self.trainable_variables)
