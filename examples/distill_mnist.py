@@ -88,7 +88,11 @@ def run_seed(seed, args, data):
     keras.utils.set_random_seed(seed + 1000)
     scratch = compile_classifier(STUDENTS[args.student]())
     scratch.fit(
-        x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose
+        x_train,
+        y_train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        verbose=args.verbose,
     )
 
     keras.utils.set_random_seed(seed + 1000)  # same initial student weights
@@ -101,10 +105,20 @@ def run_seed(seed, args, data):
         temperature=args.temperature,
     )
     distiller.fit(
-        x_train, y_train, epochs=args.epochs, batch_size=args.batch_size, verbose=args.verbose
+        x_train,
+        y_train,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        verbose=args.verbose,
     )
-    models = {"teacher": teacher, "scratch student": scratch, "distilled student": student}
-    return {name: accuracy(model, x_test, y_test) for name, model in models.items()}, models
+    models = {
+        "teacher": teacher,
+        "scratch student": scratch,
+        "distilled student": student,
+    }
+    return {
+        name: accuracy(model, x_test, y_test) for name, model in models.items()
+    }, models
 
 
 def main(argv=None):
@@ -118,7 +132,9 @@ def main(argv=None):
     for seed in args.seeds:
         accuracies, models = run_seed(seed, args, data)
         results.append(accuracies)
-        print(f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracies.items()))
+        print(
+            f"seed {seed}: " + ", ".join(f"{k} {v:.4f}" for k, v in accuracies.items())
+        )
 
     x_test = data[1][0]
     print(f"\n{'model':<18} {'params':>10} {'test accuracy':>22} {'latency/image':>14}")
@@ -133,7 +149,9 @@ def main(argv=None):
     scratch = np.array([r["scratch student"] for r in results])
     distilled = np.array([r["distilled student"] for r in results])
     gap = teacher - scratch
-    recovered = np.where(gap > 0, (distilled - scratch) / np.where(gap > 0, gap, 1), np.nan)
+    recovered = np.where(
+        gap > 0, (distilled - scratch) / np.where(gap > 0, gap, 1), np.nan
+    )
     print(
         f"\ndistilled - scratch: {np.mean(distilled - scratch):+.4f} "
         f"(per seed {np.round(distilled - scratch, 4).tolist()}); "

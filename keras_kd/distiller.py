@@ -6,24 +6,13 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd import losses as kd_losses
-
-# Teacher logits computed ahead of training travel inside `x`, next to the
-# inputs, so that they stay matched to their examples under any shuffling.
-INPUTS_KEY = "keras_kd_inputs"
-TEACHER_LOGITS_KEY = "keras_kd_teacher_logits"
+from keras_kd.caching import attach_teacher_logits, split_cached_inputs
 
 _TEACHER_OUTPUTS = ("logits", "probabilities")
 _PROBE_SIZE = 16
 # Rows this close to summing to one, with no negative entry, are probabilities.
 _SUM_TO_ONE_ATOL = 1e-3
 _MIN_PROBABILITY = 1e-12
-
-
-def split_cached_inputs(x):
-    """Returns `(inputs, teacher_logits)`; `teacher_logits` is `None` unless cached."""
-    if isinstance(x, dict) and TEACHER_LOGITS_KEY in x:
-        return x[INPUTS_KEY], x[TEACHER_LOGITS_KEY]
-    return x, None
 
 
 def _check_model(model, role):
@@ -508,14 +497,21 @@ class Distiller(keras.Model):
             return [m for m in metrics if not any(m is t for t in self._kd_trackers)]
         return metrics
 
-    def fit(self, x=None, y=None, *args, **kwargs):
+    def fit(self, x=None, y=None, *args, teacher_logits=None, **kwargs):
         """Trains the student; see `keras.Model.fit`.
+
+        `teacher_logits`, an array from `keras_kd.cache_teacher_outputs(teacher,
+        x)`, replaces the teacher's forward pass: each example is trained
+        against its own row, whatever the shuffling. Defaults to `None`, the
+        teacher runs on every batch (needed under random augmentation).
 
         Before training, a few examples go through both models once, eagerly,
         so that empty data, mismatched class counts and softmax outputs fail
         here with a clear `ValueError` rather than deep inside TensorFlow.
         `y=None` (and datasets without labels) trains on soft targets alone.
         """
+        if teacher_logits is not None:
+            x = attach_teacher_logits(x, teacher_logits)
         self.check_transfer_data(x)
         return super().fit(x, y, *args, **kwargs)
 
@@ -528,12 +524,11 @@ class Distiller(keras.Model):
             return
         inputs, teacher_logits = split_cached_inputs(probe)
         if teacher_logits is None:
-            teacher_outputs = self.teacher(inputs, training=False)
-            if self.teacher_outputs == "logits" and _looks_like_probabilities(
-                teacher_outputs
-            ):
-                raise ValueError(_softmax_message("teacher"))
-            teacher_logits = teacher_outputs
+            teacher_logits = self.teacher(inputs, training=False)
+        if self.teacher_outputs == "logits" and _looks_like_probabilities(
+            teacher_logits
+        ):
+            raise ValueError(_softmax_message("teacher"))
         student_logits = self.student(inputs, training=False)
         if _looks_like_probabilities(student_logits):
             raise ValueError(_softmax_message("student"))

@@ -1,0 +1,235 @@
+"""Teacher-output caching: run the teacher once, distill from its stored logits.
+
+When the transfer set has no random augmentation, the teacher's logits are the
+same every epoch, and recomputing them is almost all of distillation's extra
+cost. `cache_teacher_outputs` computes them in one batched inference pass;
+`Distiller.fit(x, y, teacher_logits=...)` (arrays) or a cached dataset
+(`tf.data`) then trains without running the teacher.
+
+A cache is invalid when the inputs change between epochs (random
+augmentation, random crops, dropout on inputs): the stored logits would belong
+to other images. Use the online path (`Distiller.fit(x, y)`) then.
+"""
+
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+# Teacher logits computed ahead of training travel inside `x`, next to the
+# inputs, so that they stay matched to their examples under any shuffling.
+INPUTS_KEY = "keras_kd_inputs"
+TEACHER_LOGITS_KEY = "keras_kd_teacher_logits"
+
+_DTYPES = ("float32", "float16")
+
+
+def _check_dtype(dtype):
+    if dtype not in _DTYPES:
+        raise ValueError(
+            f"`dtype` must be one of {_DTYPES} (float16 halves the cache's "
+            f"memory; logits keep about 3 significant digits), got {dtype!r}."
+        )
+
+
+def _check_batch_size(batch_size):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+
+
+def _inference_function(teacher, teacher_outputs, jit_compile):
+    @tf.function(jit_compile=jit_compile, reduce_retracing=True)
+    def logits_of(x):
+        outputs = tf.cast(teacher(x, training=False), "float32")
+        if teacher_outputs == "probabilities":
+            outputs = tf.math.log(tf.maximum(outputs, 1e-12))
+        return outputs
+
+    return logits_of
+
+
+def _num_examples(x):
+    leaves = keras.tree.flatten(x)
+    if not leaves:
+        raise ValueError("`x` holds no arrays.")
+    sizes = {int(leaf.shape[0]) for leaf in leaves}
+    if len(sizes) != 1:
+        raise ValueError(f"The arrays in `x` have different lengths: {sorted(sizes)}.")
+    return sizes.pop()
+
+
+def cache_teacher_outputs(
+    teacher,
+    x,
+    batch_size=1024,
+    dtype="float32",
+    directory=None,
+    teacher_outputs="logits",
+    jit_compile=True,
+):
+    """Runs the teacher once over a transfer set and keeps its logits.
+
+    For arrays (numpy, or a dict/list of them), returns the logits as an array
+    of shape `(num_examples, num_classes)`, row `i` for example `i`; pass it to
+    `Distiller.fit(x, y, teacher_logits=logits)`, which keeps every example
+    with its own logits under Keras' shuffling.
+
+    For a finite `tf.data.Dataset` of batches (as passed to `fit`: `x`,
+    `(x, y)` or `(x, y, sample_weight)`), returns a dataset of single
+    examples, each carrying its inputs and the teacher's logits; shuffle and
+    batch it, then pass it to `Distiller.fit`:
+
+    ```python
+    cached = keras_kd.cache_teacher_outputs(teacher, dataset)
+    distiller.fit(cached.shuffle(10_000).batch(64), epochs=10)
+    ```
+
+    Never cache when the inputs are randomly augmented: the logits would be
+    those of other images. The pass runs in inference mode (`training=False`).
+
+    Args:
+        teacher: The trained `keras.Model`.
+        x: Arrays, or a finite, deterministic `tf.data.Dataset` of batches.
+        batch_size: Inference batch size for arrays (a dataset keeps its own
+            batching). Defaults to `1024`.
+        dtype: `"float32"` or `"float16"` (half the memory; relative error
+            at most 2^-11 per logit). Defaults to `"float32"`.
+        directory: Where to spill the cache to disk (`teacher_logits.npy` as a
+            read-only memory map for arrays, a `tf.data` cache file for
+            datasets). Defaults to `None`, in memory.
+        teacher_outputs: `"logits"` or `"probabilities"`, as for
+            `Distiller`. Defaults to `"logits"`.
+        jit_compile: Compile the teacher's forward pass with XLA. Defaults to
+            `True`.
+
+    Returns:
+        A numpy array (or memory map) of logits for arrays; a
+        `tf.data.Dataset` of single examples for a dataset.
+
+    Raises:
+        ValueError: for an infinite or empty dataset, empty arrays, an
+            unknown `dtype`, or a bad `batch_size`.
+
+    Example:
+
+    ```python
+    logits = keras_kd.cache_teacher_outputs(teacher, x_train, dtype="float16")
+    distiller.fit(x_train, y_train, teacher_logits=logits, epochs=10)
+    ```
+    """
+    if not isinstance(teacher, keras.Model):
+        raise ValueError(f"`teacher` must be a `keras.Model`, got {teacher!r}.")
+    _check_dtype(dtype)
+    _check_batch_size(batch_size)
+    if teacher_outputs not in ("logits", "probabilities"):
+        raise ValueError(
+            "`teacher_outputs` must be 'logits' or 'probabilities', got "
+            f"{teacher_outputs!r}."
+        )
+    if directory is not None:
+        os.makedirs(directory, exist_ok=True)
+    logits_of = _inference_function(teacher, teacher_outputs, jit_compile)
+    if isinstance(x, tf.data.Dataset):
+        return _cache_dataset(x, logits_of, dtype, directory)
+    return _cache_arrays(x, logits_of, batch_size, dtype, directory)
+
+
+def _cache_arrays(x, logits_of, batch_size, dtype, directory):
+    count = _num_examples(x)
+    if count == 0:
+        raise ValueError("`x` is empty: there is nothing to cache.")
+    out = None
+    for start in range(0, count, batch_size):
+        rows = slice(start, start + batch_size)
+        batch = keras.tree.map_structure(lambda a, rows=rows: a[rows], x)
+        logits = logits_of(batch).numpy().astype(dtype)
+        if out is None:
+            shape = (count, logits.shape[-1])
+            if directory is None:
+                out = np.empty(shape, dtype)
+            else:
+                path = os.path.join(directory, "teacher_logits.npy")
+                out = np.lib.format.open_memmap(
+                    path, mode="w+", dtype=dtype, shape=shape
+                )
+        out[start : start + len(logits)] = logits
+    if directory is not None:
+        out.flush()
+        path = out.filename
+        del out
+        return np.load(path, mmap_mode="r")
+    return out
+
+
+def _cache_dataset(dataset, logits_of, dtype, directory):
+    if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
+        raise ValueError(
+            "The dataset is infinite (it has a `repeat()`): a cache needs one "
+            "finite pass. Cache the dataset before repeating it."
+        )
+
+    def attach(*batch):
+        inputs, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
+            batch[0] if len(batch) == 1 else batch
+        )
+        logits = tf.cast(logits_of(inputs), dtype)
+        packed = {INPUTS_KEY: inputs, TEACHER_LOGITS_KEY: logits}
+        return keras.utils.pack_x_y_sample_weight(packed, y, sample_weight)
+
+    filename = "" if directory is None else os.path.join(directory, "teacher_cache")
+    cached = dataset.map(attach).unbatch().cache(filename)
+    count = 0
+    for _ in cached:  # one pass fills the cache; later epochs only read it
+        count += 1
+    if count == 0:
+        raise ValueError("The dataset is empty: there is nothing to cache.")
+    return cached.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def split_cached_inputs(x):
+    """Returns `(inputs, teacher_logits)`; `teacher_logits` is `None` unless cached."""
+    if isinstance(x, dict) and TEACHER_LOGITS_KEY in x:
+        return x[INPUTS_KEY], x[TEACHER_LOGITS_KEY]
+    return x, None
+
+
+def attach_teacher_logits(x, teacher_logits):
+    """Packs inputs and their cached logits into the structure `Distiller` reads.
+
+    `Distiller.fit(x, y, teacher_logits=...)` calls this for you.
+
+    Args:
+        x: Arrays (numpy, or a dict/list of them).
+        teacher_logits: Array `(num_examples, num_classes)` from
+            `cache_teacher_outputs`.
+
+    Returns:
+        A dict that Keras slices, shuffles and batches like any input dict.
+
+    Raises:
+        ValueError: if the lengths differ or `x` is a dataset.
+    """
+    if isinstance(x, tf.data.Dataset):
+        raise ValueError(
+            "`teacher_logits=` goes with arrays. For a `tf.data.Dataset`, build "
+            "the cached dataset with `keras_kd.cache_teacher_outputs(teacher, "
+            "dataset)` and pass that to `fit`."
+        )
+    if not hasattr(teacher_logits, "shape"):
+        teacher_logits = np.asarray(teacher_logits)
+    if len(teacher_logits.shape) != 2:
+        raise ValueError(
+            "`teacher_logits` must have shape (num_examples, num_classes), got "
+            f"{tuple(teacher_logits.shape)}."
+        )
+    count = _num_examples(x)
+    if teacher_logits.shape[0] != count:
+        raise ValueError(
+            f"`teacher_logits` has {teacher_logits.shape[0]} rows but `x` has "
+            f"{count} examples: the cache was built for other data. Rebuild it "
+            "with `keras_kd.cache_teacher_outputs(teacher, x)`."
+        )
+    return {INPUTS_KEY: x, TEACHER_LOGITS_KEY: teacher_logits}
