@@ -222,25 +222,33 @@ def _variable_signature(variables):
 
 
 def _check_saved_model_variables(path, student, teacher=None):
-    """Raises unless the SavedModel holds exactly the student's variables."""
+    """Raises unless the SavedModel holds exactly the student's variables.
+
+    Returns the loaded SavedModel.
+    """
     loaded = tf.saved_model.load(path)
     saved = list(loaded.variables)
-    if _variable_signature(saved) != _variable_signature(student.variables):
-        saved_count = sum(int(np.prod(v.shape)) for v in saved)
-        raise ExportVerificationError(
-            f"The SavedModel at {path!r} holds {len(saved)} variables "
-            f"({saved_count} values) but the student has "
-            f"{len(student.variables)} ({student.count_params()} parameters): "
-            "the export is not the student alone."
-        )
+    fix = (
+        "Export the student alone (`keras_kd.export_student(distiller, ...)` "
+        "does), not the `Distiller`, whose SavedModel tracks the teacher too."
+    )
     if teacher is not None:
         student_paths = {v.path for v in student.variables}
         teacher_paths = {v.path for v in teacher.variables} - student_paths
         leaked = sorted({v.name.split(":")[0] for v in saved} & teacher_paths)
         if leaked:
             raise ExportVerificationError(
-                f"The SavedModel at {path!r} holds teacher variables: {leaked}."
+                f"The SavedModel at {path!r} holds {len(leaked)} teacher "
+                f"variables ({', '.join(leaked[:3])}, ...). {fix}"
             )
+    if _variable_signature(saved) != _variable_signature(student.variables):
+        saved_count = sum(int(np.prod(v.shape)) for v in saved)
+        raise ExportVerificationError(
+            f"The SavedModel at {path!r} holds {len(saved)} variables "
+            f"({saved_count} values) but the student has "
+            f"{len(student.variables)} ({student.count_params()} parameters): "
+            f"it is not the student alone. {fix}"
+        )
     return loaded
 
 
