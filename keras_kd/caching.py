@@ -64,11 +64,11 @@ def _num_examples(x):
 def cache_teacher_outputs(
     teacher,
     x,
-    batch_size=1024,
+    batch_size=256,
     dtype="float32",
     directory=None,
     teacher_outputs="logits",
-    jit_compile=True,
+    jit_compile="auto",
 ):
     """Runs the teacher once over a transfer set and keeps its logits.
 
@@ -94,7 +94,8 @@ def cache_teacher_outputs(
         teacher: The trained `keras.Model`.
         x: Arrays, or a finite, deterministic `tf.data.Dataset` of batches.
         batch_size: Inference batch size for arrays (a dataset keeps its own
-            batching). Defaults to `1024`.
+            batching). Larger batches were no faster on CPU and cost memory
+            (BENCHMARKS.md). Defaults to `256`.
         dtype: `"float32"` or `"float16"` (half the memory; relative error
             at most 2^-11 per logit). Defaults to `"float32"`.
         directory: Where to spill the cache to disk (`teacher_logits.npy` as a
@@ -102,8 +103,10 @@ def cache_teacher_outputs(
             datasets). Defaults to `None`, in memory.
         teacher_outputs: `"logits"` or `"probabilities"`, as for
             `Distiller`. Defaults to `"logits"`.
-        jit_compile: Compile the teacher's forward pass with XLA. Defaults to
-            `True`.
+        jit_compile: Compile the teacher's forward pass with XLA. `"auto"`
+            does so when a GPU or TPU is present, as Keras does: on CPU, XLA
+            measured no faster and adds seconds of compilation. Defaults to
+            `"auto"`.
 
     Returns:
         A numpy array (or memory map) of logits for arrays; a
@@ -131,7 +134,11 @@ def cache_teacher_outputs(
         )
     if directory is not None:
         os.makedirs(directory, exist_ok=True)
-    logits_of = _inference_function(teacher, teacher_outputs, jit_compile)
+    if jit_compile == "auto":
+        jit_compile = any(
+            device.device_type != "CPU" for device in tf.config.list_physical_devices()
+        )
+    logits_of = _inference_function(teacher, teacher_outputs, bool(jit_compile))
     if isinstance(x, tf.data.Dataset):
         return _cache_dataset(x, logits_of, dtype, directory)
     return _cache_arrays(x, logits_of, batch_size, dtype, directory)
