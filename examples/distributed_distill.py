@@ -92,20 +92,24 @@ def main(argv=None):
     (x, y), (x_test, y_test) = keras_kd.datasets.load_mnist(num_train=args.num_train)
     print(f"{type(strategy).__name__}: {strategy.num_replicas_in_sync} replicas")
 
-    with strategy.scope():
-        # Everything that creates variables: models, Distiller, optimizer. In a
-        # real job, load the trained teacher here (`keras.saving.load_model`).
-        teacher = keras_kd.models.mnist_cnn((32, 64), name="teacher")
-        teacher.compile(
-            optimizer=keras.optimizers.Adam(),
-            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-            metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
-        )
-    # `fit` may run outside the scope: models remember their strategy. Train
-    # the teacher before building the Distiller, which freezes it.
-    teacher.fit(x, y, batch_size=args.batch_size, epochs=args.teacher_epochs, verbose=2)
+    # The teacher is trained first, on its own (in a real job: trained once and
+    # saved). Keras 3 cannot `fit` a plain model across workers
+    # (tensorflow/tensorflow#72388), so every worker trains the same copy here.
+    keras.utils.set_random_seed(0)
+    trained = keras_kd.models.mnist_cnn((32, 64), name="teacher")
+    trained.compile(
+        optimizer=keras.optimizers.Adam(),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+    )
+    trained.fit(x, y, batch_size=128, epochs=args.teacher_epochs, verbose=2)
 
     with strategy.scope():
+        # Everything that creates variables: both models, the Distiller and its
+        # optimizer (made by `compile`). A saved teacher is loaded here, with
+        # `keras.saving.load_model`; here its weights are copied in.
+        teacher = keras_kd.models.mnist_cnn((32, 64), name="teacher")
+        teacher.set_weights(trained.get_weights())
         student = keras_kd.models.mnist_mlp((64,), name="student")
         distiller = keras_kd.Distiller(student=student, teacher=teacher)
         distiller.compile(
