@@ -249,7 +249,33 @@ def _check_saved_model_variables(path, student, teacher=None):
             f"{len(student.variables)} ({student.count_params()} parameters): "
             f"it is not the student alone. {fix}"
         )
+    _check_checkpoint_tensors(path, student, fix)
     return loaded
+
+
+def _check_checkpoint_tensors(path, student, fix):
+    """Raises if the SavedModel's checkpoint stores a tensor the student lacks.
+
+    `loaded.variables` lists what the restored object tracks; the checkpoint
+    on disk could hold more. Keras' exporter writes each variable under two
+    keys, so the check is by value, not by count.
+    """
+    reader = tf.train.load_checkpoint(os.path.join(path, "variables", "variables"))
+    candidates = {}
+    for variable in student.variables:
+        value = keras.ops.convert_to_numpy(variable)
+        candidates.setdefault(value.shape, []).append(value)
+    for key in reader.get_variable_to_shape_map():
+        if key.startswith("_CHECKPOINTABLE_OBJECT_GRAPH"):
+            continue
+        value = reader.get_tensor(key)
+        if not any(
+            np.array_equal(value, known) for known in candidates.get(value.shape, [])
+        ):
+            raise ExportVerificationError(
+                f"The SavedModel at {path!r} stores a tensor {key!r} of shape "
+                f"{value.shape} that is none of the student's variables. {fix}"
+            )
 
 
 def _representative_dataset(examples):

@@ -167,6 +167,15 @@ def test_saved_model_holds_student_variables_only(exported, distiller):
         student.count_params()
     )
     assert exported.parameters == student.count_params()
+    reader = tf.train.load_checkpoint(
+        os.path.join(exported.saved_model, "variables", "variables")
+    )
+    shapes = reader.get_variable_to_shape_map()
+    teacher_shapes = {tuple(v.shape) for v in teacher.variables}
+    student_shapes = {tuple(v.shape) for v in student.variables}
+    stored = {tuple(shape) for key, shape in shapes.items() if "GRAPH" not in key}
+    assert stored == student_shapes
+    assert not (teacher_shapes - student_shapes) & stored
 
 
 def test_saved_model_size_tracks_student_not_teacher(exported, distiller):
@@ -205,6 +214,8 @@ def test_variable_check_catches_a_saved_model_with_the_teacher(distiller, tmp_pa
         export._check_saved_model_variables(path, student, teacher)
     with pytest.raises(export.ExportVerificationError, match="not the student"):
         export._check_saved_model_variables(path, student)
+    with pytest.raises(export.ExportVerificationError, match="none of the student"):
+        export._check_checkpoint_tensors(path, student, fix="")
 
 
 # TFLite parity on real MNIST, checked independently of keras_kd's helpers.
