@@ -980,6 +980,9 @@ def format_report(rows):
 def plot_report(rows, path=None):
     """Plots `compression_report` rows: file size, latency and accuracy per model.
 
+    Sizes and latencies use a log scale, since teacher and student differ by
+    orders of magnitude.
+
     Args:
         rows: The list of dicts returned by `compression_report`.
         path: Image file to save the figure to. Defaults to `None`, not saved.
@@ -1018,6 +1021,8 @@ def plot_report(rows, path=None):
             axis.bar(positions + offset * width, values, width, label=titles[key])
         axis.set_xticks(positions + 0.4 - width / 2, names, rotation=15)
         axis.set_title(title)
+        if title != "Test accuracy":
+            axis.set_yscale("log")  # the teacher is orders of magnitude larger
         axis.legend(fontsize="small")
     figure.tight_layout()
     if path is not None:
