@@ -142,6 +142,24 @@ def _probe_batch(x):
     return None
 
 
+def _split_unlabeled(y):
+    """Returns `(labels, mask)`: sparse integer labels below 0 mark no label.
+
+    `mask` is 1.0 for labeled and 0.0 for unlabeled examples, and unlabeled
+    labels are replaced by 0 so that any label loss stays finite; `mask` is
+    `None` for other labels (one-hot, float), which are all taken as given.
+    """
+    if y is None or not isinstance(y, (tf.Tensor, np.ndarray)):
+        return y, None
+    if not keras.backend.standardize_dtype(y.dtype).startswith("int"):
+        return y, None
+    labeled = ops.greater_equal(y, 0)
+    mask = ops.cast(labeled, "float32")
+    if len(mask.shape) > 1:
+        mask = ops.reshape(mask, (ops.shape(mask)[0], -1))[:, 0]
+    return ops.where(labeled, y, ops.zeros_like(y)), mask
+
+
 def _resolve_student_loss(loss_fn):
     if loss_fn is None:
         return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -205,7 +223,10 @@ class Distiller(keras.Model):
     compiled metric, computed on the student's predictions.
 
     `fit(x)` without labels trains on the soft targets alone: each example
-    contributes `(1 - alpha) * T² * KL`.
+    contributes `(1 - alpha) * T² * KL`. With sparse integer labels, a label
+    below 0 (say -1) marks an unlabeled example in a partly labeled set: it
+    contributes no label loss, only the distillation term, and is left out of
+    the training metrics.
 
     Args:
         student: `keras.Model` to train. Must output logits.
@@ -391,11 +412,12 @@ class Distiller(keras.Model):
             ) * (temperature**2)
         return _per_example(values, ops.shape(student_logits)[0])
 
-    def _loss_terms(self, y, y_pred, teacher_logits, sample_weight):
+    def _loss_terms(self, y, y_pred, teacher_logits, sample_weight, label_mask):
         """Per-replica sums of the weighted label and distillation losses.
 
         Returns `(student_sum, labeled_count, distillation_sum, local_count)`,
-        all float32 scalars; dividing by a batch size gives means.
+        all float32 scalars; dividing by a batch size gives means. Examples
+        whose `label_mask` is 0 contribute no label loss.
         """
         student_logits = ops.cast(y_pred, "float32")
         batch_size = ops.shape(student_logits)[0]
@@ -411,7 +433,11 @@ class Distiller(keras.Model):
         student = _per_example(
             _call_unreduced(self.student_loss_fn, y, student_logits), batch_size
         )
-        return ops.sum(student * weight), local_count, distillation_sum, local_count
+        labeled_count = local_count
+        if label_mask is not None:
+            student = student * label_mask
+            labeled_count = ops.sum(label_mask)
+        return ops.sum(student * weight), labeled_count, distillation_sum, local_count
 
     def _regularization_loss(self):
         if not self.student.losses:
@@ -420,6 +446,7 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
+        y, label_mask = _split_unlabeled(y)
         x, teacher_logits = split_cached_inputs(x)
         if teacher_logits is None:
             teacher_logits = self.teacher_logits(x)
@@ -429,7 +456,7 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
             student_sum, labeled, distillation_sum, local_count = self._loss_terms(
-                y, y_pred, teacher_logits, sample_weight
+                y, y_pred, teacher_logits, sample_weight, label_mask
             )
             weighted_sum = (
                 self.alpha * student_sum + (1.0 - self.alpha) * distillation_sum
@@ -460,7 +487,7 @@ class Distiller(keras.Model):
             distillation_sum / local_count, sample_weight=local_count
         )
         if y is not None:
-            self._compile_metrics_update(y, y_pred, sample_weight)
+            self._compile_metrics_update(y, y_pred, sample_weight, label_mask)
         return self.get_metrics_result()
 
     def test_step(self, data):
@@ -486,9 +513,24 @@ class Distiller(keras.Model):
         self._compile_metrics_update(y, y_pred, sample_weight)
         return self.get_metrics_result()
 
-    def _compile_metrics_update(self, y, y_pred, sample_weight):
-        if self._compile_metrics is not None:
-            self._compile_metrics.update_state(y, y_pred, sample_weight)
+    def _compile_metrics_update(self, y, y_pred, sample_weight, label_mask=None):
+        """Updates the compiled metrics on the labeled examples only.
+
+        Under XLA, which cannot drop rows, the mask becomes a sample weight:
+        `weighted_metrics` stay exact, plain `metrics` count unlabeled rows.
+        """
+        if self._compile_metrics is None:
+            return
+        if label_mask is not None and self.jit_compile:
+            if sample_weight is not None:
+                label_mask = label_mask * _per_example(sample_weight, ops.shape(y)[0])
+            sample_weight = label_mask
+        elif label_mask is not None:
+            keep = ops.cast(label_mask, "bool")
+            y, y_pred = tf.boolean_mask(y, keep), tf.boolean_mask(y_pred, keep)
+            if sample_weight is not None:
+                sample_weight = tf.boolean_mask(sample_weight, keep)
+        self._compile_metrics.update_state(y, y_pred, sample_weight)
 
     @property
     def metrics(self):

@@ -58,3 +58,36 @@ def mnist_mlp(units=(100, 100), num_classes=10, name=None):
         ],
         name=name or "mlp_" + "_".join(str(width) for width in units),
     )
+
+
+def mnist_convnet(filters=(32, 64), units=128, num_classes=10, name="convnet"):
+    """A standard small convnet for 28x28x1 images, a strong MNIST teacher.
+
+    Two ReLU 3x3 convolutions, a 2x2 max-pool, dropout 0.25, a ReLU dense
+    layer, dropout 0.5, and a dense logits layer (the Keras "mnist_convnet"
+    shape).
+
+    Args:
+        filters: Channels of the two convolutions. Defaults to `(32, 64)`.
+        units: Width of the hidden dense layer. Defaults to `128`.
+        num_classes: Output logits. Defaults to `10`.
+        name: Model name. Defaults to `"convnet"`.
+
+    Returns:
+        A `keras.Sequential` model, built.
+    """
+    first, second = filters
+    return keras.Sequential(
+        [
+            keras.Input(shape=(28, 28, 1)),
+            layers.Conv2D(first, 3, activation="relu"),
+            layers.Conv2D(second, 3, activation="relu"),
+            layers.MaxPooling2D(2),
+            layers.Dropout(0.25),
+            layers.Flatten(),
+            layers.Dense(units, activation="relu"),
+            layers.Dropout(0.5),
+            layers.Dense(num_classes),
+        ],
+        name=name,
+    )
