@@ -440,7 +440,7 @@ def test_distilled_student_beats_scratch_on_real_mnist(mnist_teacher, seed):
         "adam", keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     )
     scratch.fit(
-        x[:labeled], y[:labeled], epochs=5 * len(x) // labeled, batch_size=64, verbose=0
+        x[:labeled], y[:labeled], epochs=8 * len(x) // labeled, batch_size=64, verbose=0
     )
 
     keras.utils.set_random_seed(seed)
