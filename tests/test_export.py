@@ -227,7 +227,9 @@ def test_tflite_float_parity(exported, keras_logits, mnist, mode):
     logits = _run_litert(exported.tflite[mode], x_test)
     scale = max(1.0, np.abs(keras_logits).max())
     assert np.abs(logits - keras_logits).max() <= TOLERANCES[mode] * scale
-    assert np.array_equal(logits.argmax(-1), keras_logits.argmax(-1))
+    # float16 rounding may flip a near-tie; float32 must not.
+    min_agreement = 1.0 if mode == "float32" else 0.999
+    assert np.mean(logits.argmax(-1) == keras_logits.argmax(-1)) >= min_agreement
     figures = exported.verification[mode]
     assert figures["num_examples"] == len(x_test)
     assert figures["relative_diff"] <= TOLERANCES[mode]
