@@ -142,6 +142,47 @@ def _probe_batch(x):
     return None
 
 
+def _tf_variable(variable):
+    """The `tf.Variable` behind a Keras variable (itself on other backends)."""
+    return getattr(variable, "value", variable)
+
+
+def _outside_scope(strategy, variables):
+    """Paths of the variables that `strategy` did not create."""
+    return [
+        getattr(v, "path", getattr(v, "name", "?"))
+        for v in variables
+        if not strategy.extended.variable_created_in_scope(_tf_variable(v))
+    ]
+
+
+def _scope_message(subject, strategy, paths):
+    name = type(strategy).__name__
+    return (
+        f"{subject} created outside the scope of the `{name}` the distiller "
+        f"trains under ({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''}). "
+        "Create the teacher, the student and the Distiller, and call "
+        "`compile`, inside one `with strategy.scope():` block, and call `fit` "
+        "with the same strategy (for example load a saved teacher with "
+        "`keras.saving.load_model` inside the scope)."
+    )
+
+
+def _in_multi_worker_mode(strategy):
+    return (
+        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+        and strategy.extended._in_multi_worker_mode()
+    )
+
+
+def _first_local_value(value):
+    """The first local replica's component of a distributed value, else `value`."""
+    strategy = tf.distribute.get_strategy()
+    if isinstance(value, tf.distribute.DistributedValues):
+        return strategy.experimental_local_results(value)[0]
+    return value
+
+
 def _split_unlabeled(y):
     """Returns `(labels, mask)`: sparse integer labels below 0 mark no label.
 
@@ -488,7 +529,19 @@ class Distiller(keras.Model):
         )
         if y is not None:
             self._compile_metrics_update(y, y_pred, sample_weight, label_mask)
-        return self.get_metrics_result()
+        return self._replica_logs(self.get_metrics_result())
+
+    def _replica_logs(self, logs):
+        """Shapes one replica's logs for Keras' cross-replica reduction.
+
+        Across workers, Keras 3 reduces each log with
+        `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars
+        (tensorflow/tensorflow#72388). A vector of one element per replica
+        reduces to the same mean over replicas as on a single machine.
+        """
+        if not _in_multi_worker_mode(tf.distribute.get_strategy()):
+            return logs
+        return {key: ops.reshape(value, (1,)) for key, value in logs.items()}
 
     def test_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -511,7 +564,7 @@ class Distiller(keras.Model):
             sample_weight=ops.cast(batch_size, "float32"),
         )
         self._compile_metrics_update(y, y_pred, sample_weight)
-        return self.get_metrics_result()
+        return self._replica_logs(self.get_metrics_result())
 
     def _compile_metrics_update(self, y, y_pred, sample_weight, label_mask=None):
         """Updates the compiled metrics on the labeled examples only.
@@ -554,8 +607,52 @@ class Distiller(keras.Model):
         """
         if teacher_logits is not None:
             x = attach_teacher_logits(x, teacher_logits)
+        self.check_distribution()
         self.check_transfer_data(x)
         return super().fit(x, y, *args, **kwargs)
+
+    def check_distribution(self):
+        """Raises `ValueError` if the student or optimizer has another strategy.
+
+        The student's variables and the optimizer (created by `compile`) must
+        belong to the strategy `fit` runs under; otherwise TensorFlow fails
+        inside the first step with an unrelated message. A teacher created
+        outside the scope is only read, which `MirroredStrategy` and
+        `MultiWorkerMirroredStrategy` handle (from host memory); a TPU
+        cannot read it, so under `TPUStrategy` it is an error too.
+        """
+        strategy = self.distribute_strategy
+        paths = _outside_scope(strategy, self.student.variables)
+        if paths:
+            raise ValueError(
+                _scope_message("The student's variables were", strategy, paths)
+            )
+        if isinstance(strategy, tf.distribute.TPUStrategy):
+            paths = _outside_scope(strategy, self.teacher.variables)
+            if paths:
+                raise ValueError(
+                    _scope_message("The teacher's variables were", strategy, paths)
+                )
+        if self.compiled and self.optimizer is not None:
+            paths = _outside_scope(strategy, [self.optimizer.iterations])
+            if paths:
+                raise ValueError(
+                    _scope_message(
+                        "The optimizer (made by `compile`) was", strategy, paths
+                    )
+                )
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3 averages the first distributed batch with one
+        # `strategy.reduce` call on the whole `(x, y, sample_weight)` structure,
+        # which `MultiWorkerMirroredStrategy` rejects; building only needs the
+        # shapes, which the first local replica's batch has.
+        if iterator is not None and self._distribute_strategy is not None:
+            for _, _, it in iterator:
+                with self.distribute_strategy.scope():
+                    data_batch = keras.tree.map_structure(_first_local_value, next(it))
+                break
+        return super()._maybe_symbolic_build(data_batch=data_batch)
 
     def check_transfer_data(self, x):
         """Raises `ValueError` if `x` is empty or the models do not fit it."""

@@ -27,16 +27,6 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TIMEOUT = 150  # seconds for one process or job; a run takes 10 to 30 here.
 LOG_KEYS = ("loss", "student_loss", "distillation_loss", "accuracy")
 
-# Keras 3 cannot `fit` under MultiWorkerMirroredStrategy without the Distiller
-# working around it (tensorflow/tensorflow#72388); the scope check is new too.
-DISTRIBUTION_READY = hasattr(keras_kd.Distiller, "check_distribution")
-needs_distiller_patch = pytest.mark.xfail(
-    not DISTRIBUTION_READY,
-    reason="needs .patches/issue4-distiller.patch (multi-worker fit, scope check)",
-    run=False,
-    strict=True,
-)
-
 
 def free_port():
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
@@ -199,7 +189,6 @@ def test_strategy_trains_like_the_default_strategy(runs, weights, strategy, cpus
 
 
 @pytest.mark.slow
-@needs_distiller_patch
 def test_multi_worker_trains_like_the_default_strategy(runs):
     reference = runs.single("default")
     result = runs.multi_worker()
@@ -255,7 +244,6 @@ def test_killed_run_resumes_to_the_same_student(runs, weights, tmp_path):
 
 
 @pytest.mark.slow
-@needs_distiller_patch
 def test_job_with_a_killed_worker_resumes_to_the_same_student(runs, tmp_path):
     reference = runs.single("default", epochs=2)
     result = kill_and_resume(runs, tmp_path, workers=2, pausing_worker=1)
@@ -264,7 +252,6 @@ def test_job_with_a_killed_worker_resumes_to_the_same_student(runs, tmp_path):
     assert_same_training(result, reference)
 
 
-@needs_distiller_patch
 def test_student_created_outside_the_scope_is_rejected_early():
     strategy = tf.distribute.OneDeviceStrategy("/cpu:0")
     student = keras_kd.models.mnist_mlp((8,), name="student")
