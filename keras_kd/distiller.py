@@ -382,7 +382,11 @@ class Distiller(keras.Model):
                 `keras_kd.losses.KDLoss`, a tempered KL computed from
                 log-softmax in float32. A loss with a `takes_logits = True`
                 attribute (every `keras_kd.losses` class) gets the raw
-                logits and applies its own temperature. Any other loss, such
+                logits and applies its own temperature; one with
+                `needs_labels = True` is called as
+                `loss.call(teacher_logits, student_logits, labels=...)` with
+                the sparse label, or the teacher's top class for unlabeled
+                examples and one-hot labels. Any other loss, such
                 as `keras.losses.KLDivergence()`, is called as in the keras.io
                 example, `fn(softmax(t/T), softmax(s/T))`, and multiplied by
                 T². Defaults to `None`.
@@ -440,9 +444,22 @@ class Distiller(keras.Model):
             logits = ops.log(ops.maximum(logits, _MIN_PROBABILITY))
         return ops.stop_gradient(logits)
 
-    def _distillation_per_example(self, teacher_logits, student_logits):
+    def _distillation_per_example(
+        self, teacher_logits, student_logits, labels=None, label_mask=None
+    ):
         loss_fn = self.distillation_loss_fn
-        if getattr(loss_fn, "takes_logits", False):
+        if getattr(loss_fn, "needs_labels", False):
+            # Losses built around the true class (DKD) get the label where
+            # there is one and the teacher's top class elsewhere.
+            target = ops.argmax(teacher_logits, axis=-1)
+            if labels is not None:
+                labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+                target = ops.cast(target, "int32")
+                if label_mask is not None:
+                    labels = ops.where(ops.cast(label_mask, "bool"), labels, target)
+                target = labels
+            values = loss_fn.call(teacher_logits, student_logits, labels=target)
+        elif getattr(loss_fn, "takes_logits", False):
             values = _call_unreduced(loss_fn, teacher_logits, student_logits)
         else:
             temperature = self.temperature
@@ -467,7 +484,10 @@ class Distiller(keras.Model):
             weight = _per_example(sample_weight, batch_size)
         local_count = ops.cast(batch_size, "float32")
 
-        distillation = self._distillation_per_example(teacher_logits, student_logits)
+        sparse_labels = y if label_mask is not None else None
+        distillation = self._distillation_per_example(
+            teacher_logits, student_logits, sparse_labels, label_mask
+        )
         distillation_sum = ops.sum(distillation * weight)
         if y is None:
             return ops.zeros(()), ops.zeros(()), distillation_sum, local_count

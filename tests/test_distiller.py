@@ -460,3 +460,22 @@ def test_distilled_student_beats_scratch_on_real_mnist(mnist_teacher, seed):
     assert all(
         np.array_equal(a, b.numpy()) for a, b in zip(teacher_before, teacher.weights)
     )
+
+
+def test_label_aware_losses_get_labels_or_the_teachers_top_class(distiller):
+    class EchoLabels(keras.losses.Loss):
+        """A 'loss' equal to the label it receives, to see what it was given."""
+
+        needs_labels = True
+
+        def call(self, teacher_logits, student_logits, labels=None):
+            return keras.ops.cast(labels, "float32")
+
+    partial = np.array([2, -1, 1, -1, 2])
+    logs = frozen_fit(
+        distiller, np.array(X), partial, distillation_loss_fn=EchoLabels()
+    )
+    teacher_top = np.argmax(np.array(reference.matmul(X, TEACHER_KERNEL)), axis=1)
+    expected = np.where(partial >= 0, partial, teacher_top)
+    # Like `takes_logits` losses, it applies its own scaling: no T² added.
+    assert logs["distillation_loss"] == pytest.approx(expected.mean())
