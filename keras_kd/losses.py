@@ -122,3 +122,183 @@ class KDLoss(keras.losses.Loss):
         config = super().get_config()
         config.update({"temperature": self.temperature})
         return config
+
+
+def _check_nonnegative(value, name):
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
+    if not 0.0 <= value < float("inf"):
+        raise ValueError(
+            f"`{name}` must be a finite number >= 0 (a weight), got {value!r}."
+        )
+
+
+def _check_labels(labels, num_classes):
+    """Raises `ValueError` for concrete labels outside [0, num_classes)."""
+    try:
+        values = keras.ops.convert_to_numpy(labels)
+    except Exception:  # A symbolic tensor inside `fit`: checked by the caller.
+        return
+    if values.size and (values.min() < 0 or values.max() >= num_classes):
+        raise ValueError(
+            f"`labels` must be class indices in [0, {num_classes}), got values "
+            f"from {values.min()} to {values.max()}."
+        )
+
+
+def dkd_loss(
+    teacher_logits, student_logits, labels, alpha=1.0, beta=8.0, temperature=4.0
+):
+    """Decoupled knowledge distillation (DKD), per example, with the T² factor.
+
+    DKD splits Hinton's KL into a target-class and a non-target-class part
+    and weighs them separately:
+
+    `DKD = T² * (alpha * TCKD + beta * NCKD)`, with, for the true class `g`,
+
+    - `p = softmax(logits / T)` for teacher (`p_t`) and student (`p_s`);
+    - `TCKD = KL(b_t || b_s)`, the binary KL between
+      `b = [p[g], 1 - p[g]]` (target vs. all other classes);
+    - `NCKD = KL(q_t || q_s)`, the KL between the distributions over the
+      non-target classes only, `q[c] = p[c] / (1 - p[g])` for `c != g`
+      (equivalently `softmax` of the logits with class `g` removed).
+
+    Both KLs run from the teacher (the target) to the student. Hinton's loss
+    is `T² * (TCKD + (1 - p_t[g]) * NCKD)`: DKD removes the `1 - p_t[g]`
+    factor that suppresses NCKD for confidently right teachers. All logs come
+    from `log_softmax`/`logsumexp`, so confident logits stay finite. With two
+    classes NCKD is 0.
+
+    Args:
+        teacher_logits: Tensor `(batch, num_classes)`, pre-softmax outputs.
+        student_logits: Tensor `(batch, num_classes)`, pre-softmax outputs.
+        labels: Integer class indices `(batch,)` or `(batch, 1)`, in
+            `[0, num_classes)`. `keras_kd.Distiller` passes the label where
+            there is one and the teacher's top class for unlabeled examples.
+        alpha: Weight of TCKD, >= 0. Defaults to `1.0` (the paper's).
+        beta: Weight of NCKD, >= 0. Defaults to `8.0` (the paper's CIFAR-100
+            value; 1 to 8 is usual).
+        temperature: Positive float T. Defaults to `4.0` (the paper's).
+
+    Returns:
+        A float32 tensor of shape `(batch,)`.
+
+    Raises:
+        ValueError: for a negative `alpha` or `beta`, `temperature <= 0`, or
+            concrete (eager) labels outside `[0, num_classes)`.
+
+    Example:
+
+    >>> import numpy as np, keras_kd
+    >>> t = np.array([[3.0, 1.0, 0.0]]); s = np.zeros((1, 3))
+    >>> value = keras_kd.losses.dkd_loss(t, s, np.array([0]), temperature=1.0)
+
+    Reference:
+        Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation",
+        CVPR 2022, https://arxiv.org/abs/2203.08679
+    """
+    _check_temperature(temperature)
+    _check_nonnegative(alpha, "alpha")
+    _check_nonnegative(beta, "beta")
+    num_classes = student_logits.shape[-1]
+    _check_labels(labels, num_classes)
+    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    target = ops.one_hot(labels, num_classes, dtype="float32")
+    # A large finite offset, not -inf, keeps the masked logsumexp's gradient
+    # free of NaN.
+    mask_offset = -1e9 * target
+
+    def parts(logits):
+        scaled = ops.cast(logits, "float32") / temperature
+        log_z = ops.logsumexp(scaled, axis=-1)
+        log_other_z = ops.logsumexp(scaled + mask_offset, axis=-1)
+        log_target = ops.sum(scaled * target, axis=-1) - log_z  # log p[g]
+        log_other = log_other_z - log_z  # log (1 - p[g])
+        log_q = scaled + mask_offset - log_other_z[:, None]  # log q, non-target
+        return log_target, log_other, log_q
+
+    t_target, t_other, t_q = parts(teacher_logits)
+    s_target, s_other, s_q = parts(student_logits)
+    tckd = ops.exp(t_target) * (t_target - s_target) + ops.exp(t_other) * (
+        t_other - s_other
+    )
+    non_target = 1.0 - target
+    nckd = ops.sum(non_target * ops.exp(t_q) * (t_q - s_q), axis=-1)
+    return (temperature**2) * (alpha * tckd + beta * nckd)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class DKD(keras.losses.Loss):
+    """Decoupled knowledge distillation as a Keras loss, T² factor included.
+
+    `loss = T² * (alpha * TCKD + beta * NCKD)`, the target-class KL
+    `KL([p_t[g], 1 - p_t[g]] || [p_s[g], 1 - p_s[g]])` plus the KL between
+    teacher and student over the non-target classes, both from teacher to
+    student on `softmax(logits / T)`; see `keras_kd.losses.dkd_loss`.
+
+    DKD needs the true class `g`: inside `keras_kd.Distiller` (which knows
+    `needs_labels`) it gets the sparse label, or the teacher's top class for
+    unlabeled examples and one-hot labels. Called on its own,
+    `loss(teacher_logits, student_logits)` uses the teacher's top class.
+
+    Args:
+        alpha: Weight of TCKD, >= 0. Defaults to `1.0`.
+        beta: Weight of NCKD, >= 0. Defaults to `8.0`.
+        temperature: Positive float T. Defaults to `4.0`.
+        reduction: Keras loss reduction. Defaults to `"sum_over_batch_size"`.
+        name: Loss name. Defaults to `"dkd"`.
+        dtype: Dtype of the computation. Defaults to `"float32"`.
+
+    Example:
+
+    ```python
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer="adam", alpha=0.5, distillation_loss_fn=keras_kd.DKD(beta=2.0)
+    )
+    distiller.fit(x_train, y_train, epochs=10)
+    ```
+
+    Reference:
+        Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation",
+        CVPR 2022, https://arxiv.org/abs/2203.08679
+    """
+
+    takes_logits = True
+    needs_labels = True
+
+    def __init__(
+        self,
+        alpha=1.0,
+        beta=8.0,
+        temperature=4.0,
+        reduction="sum_over_batch_size",
+        name="dkd",
+        dtype="float32",
+    ):
+        _check_temperature(temperature)
+        _check_nonnegative(alpha, "alpha")
+        _check_nonnegative(beta, "beta")
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.alpha = alpha
+        self.beta = beta
+        self.temperature = temperature
+
+    def call(self, y_true, y_pred, labels=None):
+        if labels is None:
+            labels = ops.argmax(y_true, axis=-1)
+        return dkd_loss(
+            y_true,
+            y_pred,
+            labels,
+            alpha=self.alpha,
+            beta=self.beta,
+            temperature=self.temperature,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"alpha": self.alpha, "beta": self.beta, "temperature": self.temperature}
+        )
+        return config
