@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd import augmentation as kd_augmentation
 from keras_kd import losses as kd_losses
 from keras_kd.caching import attach_teacher_logits, split_cached_inputs
 
@@ -228,6 +229,33 @@ def _resolve_distillation_loss(loss_fn, temperature):
     return loss_fn
 
 
+def _resolve_augmentation(augmentation):
+    """A single layer for `augmentation`: a layer, a model or a list of them."""
+    if augmentation is None or isinstance(augmentation, keras.layers.Layer):
+        return augmentation
+    if isinstance(augmentation, (list, tuple)) and all(
+        isinstance(layer, keras.layers.Layer) for layer in augmentation
+    ):
+        if not augmentation:
+            return None
+        return keras.Sequential(list(augmentation), name="augmentation")
+    raise ValueError(
+        "`augmentation` must be None, a Keras layer or model (for example "
+        "`keras.layers.RandomTranslation(0.1, 0.1)` or a `keras.Sequential` "
+        f"of preprocessing layers) or a list of layers; got {augmentation!r}."
+    )
+
+
+def _cache_message(source):
+    return (
+        f"{source} cannot be combined with `augmentation` or `mixup_alpha`: "
+        "the teacher must see the same randomly augmented inputs as the "
+        "student, and cached logits belong to the un-augmented images. Train "
+        "online (drop the cache: `Distiller.fit(x, y)` runs the teacher on "
+        "every batch), or build the Distiller without augmentation."
+    )
+
+
 def _check_alpha(alpha):
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
@@ -269,6 +297,26 @@ class Distiller(keras.Model):
     contributes no label loss, only the distillation term, and is left out of
     the training metrics.
 
+    Consistent augmentation ("function matching"): with `augmentation`,
+    every training batch goes once through the augmentation (with
+    `training=True`), and the teacher and the student both see the same
+    augmented images; with `mixup_alpha`, the (augmented) batch is then mixed
+    with a permutation of itself, `x' = lam * x + (1 - lam) * x[partners]`
+    with `lam ~ Beta(a, a)` drawn once per batch, and again both models see
+    `x'`. The label loss becomes `lam * L(y, s) + (1 - lam) *
+    L(y[partners], s)`; the part of an unlabeled example (or partner)
+    carries no label loss, only the distillation term on the mixed image.
+    Sample weights are mixed the same way. Training metrics use the label of
+    the larger share (`lam >= 0.5`: the example's own). `evaluate`, `predict`
+    and `__call__` never augment. Both need the teacher online: a teacher
+    cache (`fit(..., teacher_logits=...)` or a cached dataset) raises
+    `ValueError`. With `jit_compile=True` the augmentation layers must
+    themselves compile with XLA (`RandomFlip`, `RandomCrop`, `GaussianNoise`
+    do; `RandomTranslation`, `RandomRotation` and `RandomZoom` do not, in
+    TensorFlow 2.21); `jit_compile="auto"` checks this. Under a
+    `tf.distribute` strategy, create the augmentation in the strategy's
+    scope with the models.
+
     Args:
         student: `keras.Model` to train. Must output logits.
         teacher: Trained `keras.Model` with the same number of outputs
@@ -278,12 +326,20 @@ class Distiller(keras.Model):
             `"probabilities"`, the teacher's outputs are turned into logits
             with `log(p)` (which `softmax` maps back to `p`). Defaults to
             `"logits"`.
+        augmentation: Keras preprocessing layer, list of layers or model
+            applied to each training batch before both models (for example
+            `keras.layers.RandomTranslation(0.1, 0.1)`); it is not trained.
+            Defaults to `None`.
+        mixup_alpha: Concentration `a > 0` of the `Beta(a, a)` mixup weight,
+            or `None` for no mixup. Needs floating-point inputs. Defaults to
+            `None`.
         name: Model name. Defaults to `"distiller"`.
 
     Raises:
         ValueError: if a model is not a `keras.Model`, the student is the
             teacher, the class counts differ, a model ends in a softmax,
-            or `teacher_outputs` is unknown.
+            `teacher_outputs` is unknown, `augmentation` is not a layer, or
+            `mixup_alpha` is not a number > 0.
 
     Example:
 
@@ -299,15 +355,39 @@ class Distiller(keras.Model):
     distiller.evaluate(x_test, y_test)
     ```
 
+    Consistent augmentation and mixup (the teacher runs on every batch):
+
+    ```python
+    distiller = keras_kd.Distiller(
+        student=student,
+        teacher=teacher,
+        augmentation=keras.layers.RandomTranslation(0.1, 0.1),
+        mixup_alpha=0.2,
+    )
+    ```
+
     Reference:
         Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
         2015, https://arxiv.org/abs/1503.02531
+
+        Beyer, Zhai, Royer, Markeeva, Anil, Kolesnikov, "Knowledge
+        distillation: A good teacher is patient and consistent", 2022,
+        https://arxiv.org/abs/2106.05237
     """
 
     def __init__(
-        self, student, teacher, teacher_outputs="logits", name="distiller", **kwargs
+        self,
+        student,
+        teacher,
+        teacher_outputs="logits",
+        augmentation=None,
+        mixup_alpha=None,
+        name="distiller",
+        **kwargs,
     ):
         super().__init__(name=name, **kwargs)
+        augmentation = _resolve_augmentation(augmentation)
+        kd_augmentation.check_mixup_alpha(mixup_alpha)
         _check_model(student, "student")
         _check_model(teacher, "teacher")
         if student is teacher:
@@ -332,6 +412,13 @@ class Distiller(keras.Model):
         self.teacher = teacher
         self.teacher_outputs = teacher_outputs
         self.teacher.trainable = False
+        self.augmentation = augmentation
+        if augmentation is not None:
+            augmentation.trainable = False
+        self.mixup_alpha = None if mixup_alpha is None else float(mixup_alpha)
+        # Drawn from NumPy's global generator, which `keras.utils.set_random_seed`
+        # seeds: runs with different seeds mix differently, a resumed run alike.
+        self._mixup_seed = np.int64(np.random.randint(2**31 - 1))
         self._kd_trackers = (
             keras.metrics.Mean(name="student_loss"),
             keras.metrics.Mean(name="distillation_loss"),
@@ -470,12 +557,17 @@ class Distiller(keras.Model):
             ) * (temperature**2)
         return _per_example(values, ops.shape(student_logits)[0])
 
-    def _loss_terms(self, y, y_pred, teacher_logits, sample_weight, label_mask):
+    def _loss_terms(
+        self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup=None
+    ):
         """Per-replica sums of the weighted label and distillation losses.
 
         Returns `(student_sum, labeled_count, distillation_sum, local_count)`,
         all float32 scalars; dividing by a batch size gives means. Examples
-        whose `label_mask` is 0 contribute no label loss.
+        whose `label_mask` is 0 contribute no label loss. With `mixup =
+        (lam, partners)`, example `i` is the mix of `i` (share `lam`) and
+        `partners[i]`: each share carries its own label loss, label mask and
+        sample weight.
         """
         student_logits = ops.cast(y_pred, "float32")
         batch_size = ops.shape(student_logits)[0]
@@ -484,31 +576,77 @@ class Distiller(keras.Model):
             weight = _per_example(sample_weight, batch_size)
         local_count = ops.cast(batch_size, "float32")
 
-        sparse_labels = y if label_mask is not None else None
-        distillation = self._distillation_per_example(
-            teacher_logits, student_logits, sparse_labels, label_mask
+        sparse_labels, sparse_mask = (
+            (y, label_mask) if label_mask is not None else (None, None)
         )
-        distillation_sum = ops.sum(distillation * weight)
+        distillation_weight = weight
+        if mixup is not None:
+            lam, partners = mixup
+            distillation_weight = kd_augmentation.mix_per_example(weight, lam, partners)
+            if sparse_labels is not None:
+                sparse_labels = kd_augmentation.dominant(sparse_labels, lam, partners)
+                sparse_mask = kd_augmentation.dominant(sparse_mask, lam, partners)
+        distillation = self._distillation_per_example(
+            teacher_logits, student_logits, sparse_labels, sparse_mask
+        )
+        distillation_sum = ops.sum(distillation * distillation_weight)
         if y is None:
             return ops.zeros(()), ops.zeros(()), distillation_sum, local_count
-        student = _per_example(
-            _call_unreduced(self.student_loss_fn, y, student_logits), batch_size
+
+        def label_loss(labels):
+            return _per_example(
+                _call_unreduced(self.student_loss_fn, labels, student_logits),
+                batch_size,
+            )
+
+        mask = ops.ones((batch_size,), "float32") if label_mask is None else label_mask
+        student = label_loss(y) * mask * weight
+        if mixup is None:
+            labeled_count = local_count if label_mask is None else ops.sum(label_mask)
+            return ops.sum(student), labeled_count, distillation_sum, local_count
+        partner_student = label_loss(ops.take(y, partners, axis=0)) * ops.take(
+            mask * weight, partners, axis=0
         )
-        labeled_count = local_count
-        if label_mask is not None:
-            student = student * label_mask
-            labeled_count = ops.sum(label_mask)
-        return ops.sum(student * weight), labeled_count, distillation_sum, local_count
+        student_sum = ops.sum(lam * student + (1.0 - lam) * partner_student)
+        labeled_count = ops.sum(kd_augmentation.mix_per_example(mask, lam, partners))
+        return student_sum, labeled_count, distillation_sum, local_count
 
     def _regularization_loss(self):
         if not self.student.losses:
             return ops.zeros(())
         return ops.cast(ops.sum(self.student.losses), "float32")
 
+    @property
+    def _augments(self):
+        return self.augmentation is not None or self.mixup_alpha is not None
+
+    def _mixup_draw(self, batch_size):
+        """`(lam, partners)` for this step; seeded by the step counter."""
+        seed = tf.stack(
+            [tf.cast(self.optimizer.iterations, "int64"), tf.constant(self._mixup_seed)]
+        )
+        return kd_augmentation.sample_mixup(batch_size, self.mixup_alpha, seed)
+
+    def augment(self, x):
+        """The training-time view of a batch: augmented, then mixed.
+
+        Returns `(x, mixup)`, with `mixup = (lam, partners)` or `None`.
+        """
+        if self.augmentation is not None:
+            x = self.augmentation(x, training=True)
+        if self.mixup_alpha is None:
+            return x, None
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        lam, partners = self._mixup_draw(batch_size)
+        return kd_augmentation.mix_inputs(x, lam, partners), (lam, partners)
+
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y, label_mask = _split_unlabeled(y)
         x, teacher_logits = split_cached_inputs(x)
+        if teacher_logits is not None and self._augments:
+            raise ValueError(_cache_message("Cached teacher logits"))
+        x, mixup = self.augment(x)
         if teacher_logits is None:
             teacher_logits = self.teacher_logits(x)
         teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
@@ -517,7 +655,7 @@ class Distiller(keras.Model):
         with tf.GradientTape() as tape:
             y_pred = self.student(x, training=True)
             student_sum, labeled, distillation_sum, local_count = self._loss_terms(
-                y, y_pred, teacher_logits, sample_weight, label_mask
+                y, y_pred, teacher_logits, sample_weight, label_mask, mixup
             )
             weighted_sum = (
                 self.alpha * student_sum + (1.0 - self.alpha) * distillation_sum
@@ -548,6 +686,12 @@ class Distiller(keras.Model):
             distillation_sum / local_count, sample_weight=local_count
         )
         if y is not None:
+            if mixup is not None:
+                y = kd_augmentation.dominant(y, *mixup)
+                if label_mask is not None:
+                    label_mask = kd_augmentation.dominant(label_mask, *mixup)
+                if sample_weight is not None:
+                    sample_weight = kd_augmentation.dominant(sample_weight, *mixup)
             self._compile_metrics_update(y, y_pred, sample_weight, label_mask)
         return self._replica_logs(self.get_metrics_result())
 
@@ -626,6 +770,8 @@ class Distiller(keras.Model):
         `y=None` (and datasets without labels) trains on soft targets alone.
         """
         if teacher_logits is not None:
+            if self._augments:
+                raise ValueError(_cache_message("`teacher_logits`"))
             x = attach_teacher_logits(x, teacher_logits)
         self.check_distribution()
         self.check_transfer_data(x)
@@ -682,6 +828,10 @@ class Distiller(keras.Model):
         ):
             return
         inputs, teacher_logits = split_cached_inputs(probe)
+        if teacher_logits is not None and self._augments:
+            raise ValueError(_cache_message("A dataset of cached teacher logits"))
+        if self.augmentation is not None:
+            inputs = self.augmentation(inputs, training=True)
         if teacher_logits is None:
             teacher_logits = self.teacher(inputs, training=False)
         if self.teacher_outputs == "logits" and _looks_like_probabilities(
@@ -712,6 +862,10 @@ class Distiller(keras.Model):
                 "student": _serialize_model(self.student),
                 "teacher": _serialize_model(self.teacher),
                 "teacher_outputs": self.teacher_outputs,
+                "augmentation": None
+                if self.augmentation is None
+                else _serialize_model(self.augmentation),
+                "mixup_alpha": self.mixup_alpha,
             }
         )
         return config
@@ -719,7 +873,9 @@ class Distiller(keras.Model):
     @classmethod
     def from_config(cls, config, custom_objects=None):
         config = dict(config)
-        for role in ("student", "teacher"):
+        for role in ("student", "teacher", "augmentation"):
+            if config.get(role) is None:
+                continue
             config[role] = keras.saving.deserialize_keras_object(
                 config[role], custom_objects=custom_objects
             )

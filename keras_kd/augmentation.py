@@ -1,0 +1,164 @@
+"""Mixup for distillation: draw a mixing weight and partners, mix a batch.
+
+`Distiller(..., mixup_alpha=a)` mixes every training batch with a permutation
+of itself, `x' = lam * x + (1 - lam) * x[partners]`, `lam ~ Beta(a, a)` once
+per batch, before the teacher and the student see it. The functions here are
+the pure pieces of that step, so that they can be checked by hand.
+
+The draws are stateless (`tf.random.stateless_*`, seeded by the optimizer's
+step counter), which keeps them XLA-compatible (`keras.random.beta` is not:
+TensorFlow has no XLA kernel for its gamma sampler) and makes a resumed run
+draw the same lambdas as an uninterrupted one.
+
+Reference:
+    Zhang, Cisse, Dauphin, Lopez-Paz, "mixup: Beyond Empirical Risk
+    Minimization", 2018, https://arxiv.org/abs/1710.09412
+"""
+
+import math
+
+import keras
+import tensorflow as tf
+from keras import ops
+
+# Marsaglia-Tsang accepts a proposal with probability > 0.95 for shapes >= 1:
+# 32 proposals all fail with probability < 1e-40.
+_GAMMA_PROPOSALS = 32
+
+
+def check_mixup_alpha(mixup_alpha):
+    """Raises `ValueError` unless `mixup_alpha` is `None` or a finite number > 0."""
+    if mixup_alpha is None:
+        return
+    if isinstance(mixup_alpha, bool) or not isinstance(mixup_alpha, (int, float)):
+        raise ValueError(
+            f"`mixup_alpha` must be None or a number > 0, got {mixup_alpha!r}."
+        )
+    if not (mixup_alpha > 0 and math.isfinite(mixup_alpha)):
+        raise ValueError(
+            "`mixup_alpha` must be a finite number > 0 (the Beta(a, a) "
+            f"concentration; 0.1 to 0.4 is usual) or None, got {mixup_alpha!r}."
+        )
+
+
+def _log_gamma_sample(concentration, seed):
+    """`log(g)`, `g ~ Gamma(concentration, 1)`, a float32 scalar, XLA-safe.
+
+    Marsaglia and Tsang's method on shape `concentration + 1` with a fixed
+    number of vectorized proposals, then `g = g1 * U ** (1 / concentration)`
+    (in log space, so that small shapes do not underflow).
+    """
+    shape = concentration + 1.0
+    d = shape - 1.0 / 3.0
+    c = 1.0 / math.sqrt(9.0 * d)
+    seeds = tf.random.experimental.stateless_split(seed, 3)
+    z = tf.random.stateless_normal((_GAMMA_PROPOSALS,), seeds[0])
+    u = tf.random.stateless_uniform((_GAMMA_PROPOSALS,), seeds[1], minval=1e-12)
+    v = (1.0 + c * z) ** 3
+    safe_v = tf.maximum(v, 1e-12)
+    accepted = tf.logical_and(
+        v > 0, tf.math.log(u) < 0.5 * z**2 + d - d * safe_v + d * tf.math.log(safe_v)
+    )
+    first = tf.argmax(tf.cast(accepted, "int32"))
+    log_g1 = tf.math.log(d) + tf.math.log(tf.gather(safe_v, first))
+    boost = tf.random.stateless_uniform((), seeds[2], minval=1e-12)
+    return log_g1 + tf.math.log(boost) / concentration
+
+
+def sample_mixup(batch_size, mixup_alpha, seed):
+    """Draws a mixup weight and a partner for every example of a batch.
+
+    Args:
+        batch_size: Number of examples (an int or a scalar tensor).
+        mixup_alpha: Concentration `a` of `Beta(a, a)`, > 0.
+        seed: Stateless seed, an int32/int64 tensor of shape `(2,)`.
+
+    Returns:
+        `(lam, partners)`: `lam ~ Beta(a, a)`, a float32 scalar shared by the
+        batch, and `partners`, an int32 random permutation of
+        `range(batch_size)`.
+
+    Example:
+
+    ```python
+    lam, partners = keras_kd.augmentation.sample_mixup(8, 0.2, [0, 1])
+    ```
+    """
+    check_mixup_alpha(mixup_alpha)
+    seeds = tf.random.experimental.stateless_split(
+        tf.cast(tf.convert_to_tensor(seed), "int64"), 3
+    )
+    log_a = _log_gamma_sample(float(mixup_alpha), seeds[0])
+    log_b = _log_gamma_sample(float(mixup_alpha), seeds[1])
+    lam = tf.sigmoid(log_a - log_b)  # a / (a + b), without under/overflow.
+    keys = tf.random.stateless_uniform((batch_size,), seeds[2])
+    partners = tf.cast(tf.argsort(keys), "int32")
+    return lam, partners
+
+
+def mix_inputs(x, lam, partners):
+    """Mixes a batch with its partners: `lam * x + (1 - lam) * x[partners]`.
+
+    Every floating-point array of a nested input structure is mixed with the
+    same `lam` and `partners`.
+
+    Args:
+        x: A batch: a tensor or a nested structure of tensors.
+        lam: Mixing weight of each example's own input, a scalar.
+        partners: Integer tensor of shape `(batch,)`: example `i` is mixed
+            with example `partners[i]`.
+
+    Returns:
+        The mixed batch, with the structure and dtypes of `x`.
+
+    Raises:
+        ValueError: for integer or boolean inputs (token ids cannot be mixed).
+
+    Example:
+
+    ```python
+    x = np.array([[0.0], [10.0]])
+    keras_kd.augmentation.mix_inputs(x, 0.75, [1, 0])  # [[2.5], [7.5]]
+    ```
+    """
+
+    def mix(value):
+        value = ops.convert_to_tensor(value)
+        dtype = keras.backend.standardize_dtype(value.dtype)
+        if not dtype.startswith(("float", "bfloat")):
+            raise ValueError(
+                f"mixup needs floating-point inputs, got an input of dtype "
+                f"{dtype}. Use `mixup_alpha=None` for token ids or other "
+                "discrete inputs."
+            )
+        weight = ops.cast(lam, dtype)
+        return weight * value + (1 - weight) * ops.take(value, partners, axis=0)
+
+    return keras.tree.map_structure(mix, x)
+
+
+def mix_per_example(values, lam, partners):
+    """`lam * values + (1 - lam) * values[partners]` for per-example weights.
+
+    Args:
+        values: Tensor of shape `(batch,)` (losses, weights or label masks).
+        lam: Mixing weight, a scalar.
+        partners: Integer tensor of shape `(batch,)`.
+
+    Returns:
+        A float32 tensor of shape `(batch,)`.
+    """
+    values = ops.cast(values, "float32")
+    lam = ops.cast(lam, "float32")
+    return lam * values + (1.0 - lam) * ops.take(values, partners, axis=0)
+
+
+def dominant(values, lam, partners):
+    """Each example's own value where `lam >= 0.5`, else its partner's.
+
+    Used for what cannot be mixed: the training metrics and the label that
+    label-aware distillation losses receive.
+    """
+    return ops.where(
+        ops.greater_equal(lam, 0.5), values, ops.take(values, partners, axis=0)
+    )
