@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
-from keras_kd import export
+from keras_kd import export, report
 from keras_kd.datasets import load_mnist
 from keras_kd.models import mnist_cnn, mnist_mlp
 
@@ -131,7 +131,7 @@ def test_format_report_hand_written_row():
         "accuracy_int8": None,
         "int8_agreement": None,
     }
-    lines = export.format_report([row]).splitlines()
+    lines = report.format_report([row]).splitlines()
     assert len(lines) == 3
     assert lines[0].startswith("| Model | Params | SavedModel KB |")
     assert lines[2] == (
@@ -380,7 +380,7 @@ def test_compression_report(distiller, mnist, tmp_path):
     x_test, y_test = x_test[:1000], y_test[:1000]
     scratch = distiller.student
     teacher = mnist_mlp(units=(256,), name="mlp_teacher")  # quick to quantize
-    rows = export.compression_report(
+    rows = report.compression_report(
         {"teacher": teacher, "distilled": distiller},
         x_test,
         y_test,
@@ -402,7 +402,7 @@ def test_compression_report(distiller, mnist, tmp_path):
     assert student_row["accuracy"] == pytest.approx(expected)
     assert student_row["accuracy_int8"] == pytest.approx(expected, abs=0.02)
     assert student_row["int8_agreement"] >= 0.99
-    table = export.format_report(rows)
+    table = report.format_report(rows)
     assert len(table.splitlines()) == 4
     assert "| teacher |" in table and "| distilled |" in table
 
@@ -410,19 +410,19 @@ def test_compression_report(distiller, mnist, tmp_path):
 def test_compression_report_bad_labels_raise(distiller, mnist):
     _, (x_test, y_test) = mnist
     with pytest.raises(ValueError, match="labels"):
-        export.compression_report({"s": distiller}, x_test[:10], y_test[:9])
+        report.compression_report({"s": distiller}, x_test[:10], y_test[:9])
     with pytest.raises(ValueError, match="latency_runs"):
-        export.compression_report(
+        report.compression_report(
             {"s": distiller}, x_test[:10], y_test[:10], latency_runs=0
         )
     with pytest.raises(ValueError, match="non-empty"):
-        export.compression_report({}, x_test[:10], y_test[:10])
+        report.compression_report({}, x_test[:10], y_test[:10])
 
 
 def test_plot_report(tmp_path):
     pytest.importorskip("matplotlib")
-    row = {key: 1.0 for key, _, _ in export._REPORT_COLUMNS}
+    row = {key: 1.0 for key, _, _ in report._REPORT_COLUMNS}
     row.update(model="student", tflite_int8_kb=None)
-    figure = export.plot_report([row, dict(row, model="teacher")], tmp_path / "r.png")
+    figure = report.plot_report([row, dict(row, model="teacher")], tmp_path / "r.png")
     assert len(figure.axes) == 3
     assert os.path.getsize(tmp_path / "r.png") > 0
