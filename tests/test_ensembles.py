@@ -41,12 +41,15 @@ def hand_ensemble(rows, weights):
     ]
 
 
-def hand_merge(rows, class_maps, num_classes, weights):
-    """Normalized weighted geometric mean over the teachers covering each class."""
+def hand_merge(rows, class_maps, num_classes, weights, combine):
+    """Normalized weighted mean of the covering teachers' scores, per class."""
     numerator, coverage = [0.0] * num_classes, [0.0] * num_classes
     for row, class_map, w in zip(rows, class_maps, weights):
         for j, c in enumerate(class_map):
-            numerator[c] += w * math.log(reference.softmax(row)[j])
+            score = row[j]
+            if combine == "log_probabilities":
+                score = math.log(reference.softmax(row)[j])
+            numerator[c] += w * score
             coverage[c] += w
     m = [n / k for n, k in zip(numerator, coverage)]
     log_z = math.log(sum(math.exp(v) for v in m))
@@ -147,35 +150,44 @@ def merging_teachers():
     return linear(KERNEL_A, "a"), linear(columns(KERNEL_B, [0, 1]), "b")
 
 
+@pytest.mark.parametrize("combine", ["logits", "log_probabilities"])
 @pytest.mark.parametrize("weights", [None, [1.0, 3.0]])
-def test_label_merging_matches_hand_computation_with_an_overlapping_class(weights):
+def test_label_merging_matches_hand_computation_with_an_overlapping_class(
+    weights, combine
+):
     a, b = merging_teachers()
-    merged = LabelMergingTeacher([a, b], MAPS, num_classes=4, weights=weights)
+    merged = LabelMergingTeacher(
+        [a, b], MAPS, num_classes=4, weights=weights, combine=combine
+    )
     output = np.asarray(merged(np.array(X)))
     w = weights or [1.0, 1.0]
     rows_b = reference.matmul(X, columns(KERNEL_B, [0, 1]))
     expected = [
-        hand_merge([ra, rb], MAPS, 4, w)
+        hand_merge([ra, rb], MAPS, 4, w, combine)
         for ra, rb in zip(reference.matmul(X, KERNEL_A), rows_b)
     ]
     np.testing.assert_allclose(output, expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.exp(output).sum(-1), 1.0, rtol=1e-6)
 
 
-def test_label_merging_by_hand_on_one_example():
+def test_label_merging_of_log_probabilities_by_hand_on_one_example():
     # A: logits [0, 0, log 2] -> q_A = [1/4, 1/4, 1/2] on classes [0, 1, 2].
     # B: logits [0, 0]        -> q_B = [1/2, 1/2] on classes [3, 2].
     # Class 2 (both): sqrt(1/2 * 1/2) = 1/2; unnormalized [1/4, 1/4, 1/2, 1/2],
     # total 3/2, so p = [1/6, 1/6, 1/3, 1/3].
     a = linear([[0.0, 0.0, math.log(2.0)]], "a")
     b = linear([[0.0, 0.0]], "b")
-    merged = LabelMergingTeacher([a, b], MAPS, num_classes=4)
+    merged = LabelMergingTeacher([a, b], MAPS, 4, combine="log_probabilities")
     output = np.exp(np.asarray(merged(np.ones((1, 1)))))[0]
     np.testing.assert_allclose(output, [1 / 6, 1 / 6, 1 / 3, 1 / 3], rtol=1e-6)
     # A teacher that knows the alternative vetoes: B now puts 0.1 on class 2.
     b_sure = linear([[math.log(9.0), 0.0]], "b_sure")
     vetoed = np.exp(
-        np.asarray(LabelMergingTeacher([a, b_sure], MAPS, 4)(np.ones((1, 1))))
+        np.asarray(
+            LabelMergingTeacher([a, b_sure], MAPS, 4, combine="log_probabilities")(
+                np.ones((1, 1))
+            )
+        )
     )
     unnormalized = [1 / 4, 1 / 4, math.sqrt(0.5 * 0.1), 0.9]
     np.testing.assert_allclose(
@@ -183,10 +195,13 @@ def test_label_merging_by_hand_on_one_example():
     )
 
 
-def test_disjoint_teachers_split_the_mass_equally():
+def test_disjoint_teachers_log_probabilities_split_mass_logits_concatenate():
     a = linear([[1.0, 0.0]], "a")
     b = linear([[0.0, 3.0, 1.0]], "b")
-    merged = LabelMergingTeacher([a, b], [[0, 1], [2, 3, 4]], 5, weights=[5.0, 1.0])
+    maps = [[0, 1], [2, 3, 4]]
+    merged = LabelMergingTeacher(
+        [a, b], maps, 5, weights=[5.0, 1.0], combine="log_probabilities"
+    )
     output = np.exp(np.asarray(merged(np.ones((1, 1)))))[0]
     expected = (
         np.concatenate(
@@ -195,6 +210,12 @@ def test_disjoint_teachers_split_the_mass_equally():
         / 2
     )
     np.testing.assert_allclose(output, expected, rtol=1e-5)
+    # Raw logits: the softmax of the concatenation, [1, 0, 0, 3, 1].
+    merged = LabelMergingTeacher([a, b], maps, 5, weights=[5.0, 1.0])
+    output = np.exp(np.asarray(merged(np.ones((1, 1)))))[0]
+    np.testing.assert_allclose(
+        output, reference.softmax([1.0, 0.0, 0.0, 3.0, 1.0]), rtol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -211,13 +232,15 @@ def test_disjoint_teachers_split_the_mass_equally():
         ([[0, 1, 2], [3, 2]], 4, [1.0, 0.0], r"classes \[3\] are covered only"),
         ([[0, 1, 2.5], [3, 2]], 4, None, "integers"),
         ("0123", 4, None, "one list of student class indices"),
+        ([[0, 1, 2], [3, 2]], 4, "combine", "combine"),
     ],
 )
 def test_label_merging_rejects_bad_class_maps(class_maps, num_classes, weights, match):
+    kwargs = {"weights": weights}
+    if weights == "combine":
+        kwargs = {"combine": "mean"}
     with pytest.raises(ValueError, match=match):
-        LabelMergingTeacher(
-            list(merging_teachers()), class_maps, num_classes, weights=weights
-        )
+        LabelMergingTeacher(list(merging_teachers()), class_maps, num_classes, **kwargs)
 
 
 def test_label_merging_checks_subclassed_widths_on_call():
@@ -237,7 +260,9 @@ def test_label_merging_checks_subclassed_widths_on_call():
 
 def test_label_merging_distills_without_labels_and_round_trips(tmp_path):
     a, b = merging_teachers()
-    merged = LabelMergingTeacher([a, b], MAPS, num_classes=4, weights=[1.0, 2.0])
+    merged = LabelMergingTeacher(
+        [a, b], MAPS, 4, weights=[1.0, 2.0], combine="log_probabilities"
+    )
     student = linear(columns(KERNEL_A, [0, 1, 2, 0]), "student")
     distiller = keras_kd.Distiller(student=student, teacher=merged)
     distiller.compile(optimizer=keras.optimizers.SGD(0.1), temperature=2.0)
@@ -251,6 +276,7 @@ def test_label_merging_distills_without_labels_and_round_trips(tmp_path):
     assert isinstance(restored, LabelMergingTeacher)
     assert restored.class_maps == MAPS and restored.num_classes == 4
     assert restored.teacher_weights == [1.0, 2.0]
+    assert restored.combine == "log_probabilities"
     np.testing.assert_allclose(
         np.asarray(restored(np.array(X))), np.asarray(merged(np.array(X))), rtol=1e-6
     )
