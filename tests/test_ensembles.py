@@ -285,8 +285,9 @@ def test_label_merging_distills_without_labels_and_round_trips(tmp_path):
 @pytest.mark.slow
 def test_student_merged_from_two_half_mnist_teachers_classifies_all_ten_digits():
     # Teacher A knows digits 0-4 only, teacher B 5-9 only; the student sees
-    # no label. Measured over seeds 0-2 (benchmarks/methods.py): merged
-    # teacher 0.79-0.80, student 0.78-0.80; one teacher's classes give 0.5.
+    # no label. Measured (benchmarks/methods.py, seeds 0-2): students 0.75 to
+    # 0.80; this seed 0.797 (digits 0-4: 0.87, 5-9: 0.72). One teacher's
+    # classes alone would give 0.5, and 0 on the other half.
     (x, y), (x_test, y_test) = keras_kd.datasets.load_mnist()
     keras.utils.set_random_seed(0)
     teachers = []
@@ -308,8 +309,8 @@ def test_student_merged_from_two_half_mnist_teachers_classifies_all_ten_digits()
     distiller.fit(x, teacher_logits=logits, epochs=10, batch_size=64, verbose=0)
 
     predicted = np.argmax(student.predict(x_test, batch_size=1000, verbose=0), -1)
-    assert np.mean(predicted == y_test) > 0.70
+    assert np.mean(predicted == y_test) > 0.65
     # Both halves are learned, not one teacher's classes.
     for low in (0, 5):
         half = (y_test >= low) & (y_test < low + 5)
-        assert np.mean(predicted[half] == y_test[half]) > 0.55
+        assert np.mean(predicted[half] == y_test[half]) > 0.5
