@@ -166,8 +166,11 @@ def distill_chain(
                 "Metric objects cannot be shared between the stages' models: "
                 "pass metric names or a zero-argument factory."
             )
-    cache = cache_teacher and not isinstance(
-        x, (tf.data.Dataset, keras.utils.PyDataset)
+    # Arrays only: datasets and generators may augment, and a cache would pair
+    # the logits with other images.
+    cache = cache_teacher and all(
+        hasattr(leaf, "shape") and not isinstance(leaf, tf.data.Dataset)
+        for leaf in keras.tree.flatten(x)
     )
 
     trainable = [model.trainable for model in chain]
