@@ -254,7 +254,7 @@ MIRRORED = textwrap.dedent(
     tf.config.set_logical_device_configuration(
         cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
 
-    def train(strategy, mixup_alpha):
+    def train(strategy, mixup_alpha, augmentation=None):
         keras.utils.set_random_seed(0)
         x = np.random.rand(64, 28, 28, 1).astype("float32")
         y = np.random.randint(0, 10, 64)
@@ -262,7 +262,7 @@ MIRRORED = textwrap.dedent(
             distiller = keras_kd.Distiller(
                 keras_kd.models.mnist_mlp((8,)),
                 keras_kd.models.mnist_mlp((8,), name="t"),
-                augmentation=keras.layers.Rescaling(2.0, offset=1.0),
+                augmentation=augmentation or keras.layers.Rescaling(2.0, offset=1.0),
                 mixup_alpha=mixup_alpha)
             distiller.compile(optimizer=keras.optimizers.SGD(0.1))
         history = distiller.fit(x, y, batch_size=16, shuffle=False, verbose=0)
@@ -274,7 +274,11 @@ MIRRORED = textwrap.dedent(
     theirs, _ = train(tf.distribute.get_strategy(), None)
     for a, b in zip(ours, theirs):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    _, loss = train(tf.distribute.MirroredStrategy(devices), 0.4)
+    # A random layer (its seed state is a mirrored variable) and mixup.
+    strategy = tf.distribute.MirroredStrategy(devices)
+    with strategy.scope():
+        shift = keras.layers.RandomTranslation(0.1, 0.1)
+    _, loss = train(strategy, 0.4, shift)
     assert np.isfinite(loss), loss
     print("OK", loss)
     """
