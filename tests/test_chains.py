@@ -63,6 +63,7 @@ def test_each_stage_distills_from_the_previous_model(cache_teacher):
     assert teacher.trainable and assistant.trainable and student.trainable
 
 
+@pytest.mark.slow
 def test_chain_trains_every_stage_on_mnist_without_labels():
     (x, y), (x_test, y_test) = keras_kd.datasets.load_mnist(num_train=1000)
     keras.utils.set_random_seed(0)

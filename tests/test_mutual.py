@@ -145,6 +145,7 @@ def test_predict_and_evaluate_use_the_first_student():
     assert logs["accuracy"] == pytest.approx(np.mean(predicted == np.array(Y)))
 
 
+@pytest.mark.slow
 def test_mutual_learning_trains_two_mnist_students():
     (x, y), (x_test, y_test) = keras_kd.datasets.load_mnist(num_train=1000)
     keras.utils.set_random_seed(0)
