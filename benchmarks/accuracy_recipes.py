@@ -73,6 +73,9 @@ def parse_args(argv=None):
     parser.add_argument("--learning-rate", type=float, default=1e-3)
     parser.add_argument("--out", default="artifacts/bench/accuracy_recipes.jsonl")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument(
+        "--also", nargs="*", default=[], help="more result files for the table"
+    )
     return parser.parse_args(argv)
 
 
@@ -183,8 +186,10 @@ def run(args, config, seed, epochs, teacher, train, test):
 def table(rows, teacher_accuracy):
     results = {}
     for row in rows:
-        key = (row["config"], row["epochs"])
-        results.setdefault(key, {})[row["seed"]] = row["accuracy"]
+        name = row["config"]
+        if "kd" in name or "soft" in name:
+            name += f" (T={row['temperature']:g}, alpha={row['alpha']:g})"
+        results.setdefault((name, row["epochs"]), {})[row["seed"]] = row["accuracy"]
     lines = [
         f"teacher (mnist_convnet((16, 32), 64), trained once): {teacher_accuracy:.4f}",
         "",
@@ -192,11 +197,13 @@ def table(rows, teacher_accuracy):
         "|---|---|---|---|---|",
     ]
     order = {name: i for i, name in enumerate(FULL + FEW)}
-    for config, epochs in sorted(results, key=lambda k: (k[1], order.get(k[0], 99))):
+    for config, epochs in sorted(
+        results, key=lambda k: (k[1], order.get(k[0].split()[0], 99), k[0])
+    ):
         values = results[(config, epochs)]
         accs = np.array([values[s] for s in sorted(values)])
         gap = ""
-        base = results.get((BASELINE.get(config), epochs))
+        base = results.get((BASELINE.get(config.split()[0]), epochs))
         if base:
             seeds = sorted(set(values) & set(base))
             ours = np.mean([values[s] for s in seeds])
@@ -241,8 +248,10 @@ def main(argv=None):
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as f:
                 f.write(json.dumps(row) + "\n")
-    with open(args.out) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = []
+    for path in [args.out, *args.also]:
+        with open(path) as f:
+            rows += [json.loads(line) for line in f if line.strip()]
     print(table(rows, teacher_accuracy))
 
 
