@@ -9,6 +9,10 @@ of two full ten-class teachers of different architectures and distills a
 student from it with labels.
 
     python examples/multi_teacher.py     # about 2 minutes on 2 cores
+
+One run printed: merged teacher 0.7946, student without labels 0.7938 (one
+teacher's digits alone would give 0.5); cnn 0.9204, mlp 0.9257, their
+ensemble 0.9278, its student 0.9125.
 """
 
 import os
@@ -63,8 +67,8 @@ def main():
     mlp = keras_kd.models.mnist_mlp((200,), name="mlp")
     for model in (cnn, mlp):
         model.compile("adam", SCE)
-        model.fit(x, y, epochs=3, batch_size=64, verbose=0)
-    ensemble = TeacherEnsemble([cnn, mlp], weights=[2.0, 1.0])
+        model.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    ensemble = TeacherEnsemble([cnn, mlp])  # or weights=[...] per teacher
     for model in (cnn, mlp, ensemble):
         print(f"{model.name:>16}: {accuracy(model, x_test, y_test):.4f}")
     student = keras_kd.models.mnist_mlp((100,), name="ensemble_student")

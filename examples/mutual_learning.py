@@ -7,6 +7,10 @@ MNIST split. Then the small one is distilled through a teacher-assistant
 chain (`keras_kd.distill_chain`) from the large one, for comparison.
 
     python examples/mutual_learning.py   # about 1 minute on 2 cores
+
+One run printed: mlp_100 alone 0.9323, mutual 0.9341; mlp_300 alone 0.9388,
+mutual 0.9375 (one seed: within the spread, see RESULTS.md); chain
+mlp_300 -> assistant 0.9168 -> tiny 0.9018.
 """
 
 import os
