@@ -1,8 +1,19 @@
 """keras_kd: knowledge distillation for Keras 3 and TensorFlow."""
 
-from keras_kd import datasets, export, losses, models, report
+from keras_kd import (
+    chains,
+    datasets,
+    ensembles,
+    export,
+    losses,
+    models,
+    mutual,
+    report,
+)
 from keras_kd.caching import attach_teacher_logits, cache_teacher_outputs
+from keras_kd.chains import ChainStage, distill_chain
 from keras_kd.distiller import Distiller
+from keras_kd.ensembles import LabelMergingTeacher, TeacherEnsemble
 from keras_kd.export import (
     ExportResult,
     ExportVerificationError,
@@ -12,30 +23,41 @@ from keras_kd.export import (
     tflite_predict,
     verify_tflite,
 )
-from keras_kd.losses import KDLoss, kd_loss
+from keras_kd.losses import DKD, KDLoss, dkd_loss, kd_loss
+from keras_kd.mutual import MutualLearning
 from keras_kd.report import compression_report, format_report, plot_report
 from keras_kd.version import __version__
 
 __all__ = [
-    "Distiller",
-    "ExportResult",
-    "ExportVerificationError",
-    "KDLoss",
-    "TFLiteConversionError",
-    "__version__",
     "attach_teacher_logits",
     "cache_teacher_outputs",
+    "chains",
+    "ChainStage",
     "compression_report",
     "convert_to_tflite",
     "datasets",
+    "distill_chain",
+    "Distiller",
+    "DKD",
+    "dkd_loss",
+    "ensembles",
     "export",
     "export_student",
+    "ExportResult",
+    "ExportVerificationError",
     "format_report",
     "kd_loss",
+    "KDLoss",
+    "LabelMergingTeacher",
     "losses",
     "models",
+    "mutual",
+    "MutualLearning",
     "plot_report",
     "report",
+    "TeacherEnsemble",
     "tflite_predict",
+    "TFLiteConversionError",
     "verify_tflite",
+    "__version__",
 ]
