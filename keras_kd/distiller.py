@@ -752,6 +752,10 @@ class Distiller(keras.Model):
     @property
     def metrics(self):
         metrics = super().metrics
+        if self._compile_metrics is not None and not self._compile_metrics.built:
+            # `fit(x)` without labels never builds the compiled metrics: they
+            # have nothing to score, so they are left out of the logs.
+            metrics = [m for m in metrics if m is not self._compile_metrics]
         if self._evaluating:
             return [m for m in metrics if not any(m is t for t in self._kd_trackers)]
         return metrics

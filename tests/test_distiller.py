@@ -127,6 +127,18 @@ def test_unlabeled_fit_trains_on_soft_targets_alone(distiller):
     assert losses[-1] < 0.2 * losses[0]
 
 
+def test_unlabeled_fit_with_compiled_metrics_logs_losses_then_evaluates(distiller):
+    metric = keras.metrics.SparseCategoricalAccuracy(name="accuracy")
+    logs = frozen_fit(distiller, np.array(X), temperature=2.0, metrics=[metric])
+    assert "accuracy" not in logs
+    _, kd = hand_terms(2.0)
+    assert logs["distillation_loss"] == pytest.approx(kd.mean(), rel=1e-5)
+
+    results = distiller.evaluate(np.array(X), np.array(Y), verbose=0, return_dict=True)
+    predicted = np.argmax(np.array(X), axis=-1)
+    assert results["accuracy"] == pytest.approx(np.mean(predicted == Y))
+
+
 def test_teacher_probabilities_are_used_as_logits_when_declared():
     probabilities_teacher = keras.Sequential(
         [linear(TEACHER_KERNEL, "logits"), keras.layers.Softmax()], name="teacher"
