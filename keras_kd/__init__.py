@@ -5,6 +5,8 @@ from keras_kd import (
     datasets,
     ensembles,
     export,
+    feature_losses,
+    features,
     losses,
     models,
     mutual,
@@ -23,13 +25,30 @@ from keras_kd.export import (
     tflite_predict,
     verify_tflite,
 )
-from keras_kd.losses import DKD, KDLoss, dkd_loss, kd_loss
+from keras_kd.losses import (
+    DKD,
+    RKD,
+    AttentionTransfer,
+    FeatureLoss,
+    HintLoss,
+    KDLoss,
+    SimilarityPreserving,
+    attention_transfer_loss,
+    dkd_loss,
+    hint_loss,
+    kd_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    similarity_preserving_loss,
+)
 from keras_kd.mutual import MutualLearning
 from keras_kd.report import compression_report, format_report, plot_report
 from keras_kd.version import __version__
 
 __all__ = [
     "attach_teacher_logits",
+    "attention_transfer_loss",
+    "AttentionTransfer",
     "cache_teacher_outputs",
     "chains",
     "ChainStage",
@@ -45,7 +64,12 @@ __all__ = [
     "export_student",
     "ExportResult",
     "ExportVerificationError",
+    "feature_losses",
+    "FeatureLoss",
+    "features",
     "format_report",
+    "hint_loss",
+    "HintLoss",
     "kd_loss",
     "KDLoss",
     "LabelMergingTeacher",
@@ -55,6 +79,11 @@ __all__ = [
     "MutualLearning",
     "plot_report",
     "report",
+    "RKD",
+    "rkd_angle_loss",
+    "rkd_distance_loss",
+    "similarity_preserving_loss",
+    "SimilarityPreserving",
     "TeacherEnsemble",
     "tflite_predict",
     "TFLiteConversionError",

@@ -6,6 +6,8 @@ import tensorflow as tf
 from keras import ops
 
 from keras_kd import augmentation as kd_augmentation
+from keras_kd import feature_losses as kd_feature_losses
+from keras_kd import features as kd_features
 from keras_kd import losses as kd_losses
 from keras_kd.caching import attach_teacher_logits, split_cached_inputs
 
@@ -256,6 +258,52 @@ def _cache_message(source):
     )
 
 
+def _feature_cache_message(source):
+    return (
+        f"{source} cannot be combined with `feature_losses`: they compare the "
+        "teacher's intermediate layers, which only an online teacher computes. "
+        "Train online (`Distiller.fit(x, y)` runs the teacher on every batch), "
+        "or compile without `feature_losses`."
+    )
+
+
+def _resolve_feature_losses(feature_losses):
+    if feature_losses is None:
+        return []
+    if isinstance(feature_losses, kd_feature_losses.FeatureLoss):
+        return [feature_losses]
+    if isinstance(feature_losses, (list, tuple)) and all(
+        isinstance(loss, kd_feature_losses.FeatureLoss) for loss in feature_losses
+    ):
+        return list(feature_losses)
+    raise ValueError(
+        "`feature_losses` must be None or a list of keras_kd feature losses "
+        "(`keras_kd.losses.HintLoss`, `AttentionTransfer`, `RKD`, "
+        f"`SimilarityPreserving`, or a `FeatureLoss` subclass); got {feature_losses!r}."
+    )
+
+
+def _example_weights(sample_weight, batch_size, mixup):
+    """`(weight, mixed_weight)`, float32 `(batch,)`: per example, and per mix.
+
+    The label loss weighs each share of a mixed example by its own weight;
+    the terms computed on the mixed image (distillation, features) use
+    `mixed_weight`, the mix of the two.
+    """
+    weight = ops.ones((batch_size,), "float32")
+    if sample_weight is not None:
+        weight = _per_example(sample_weight, batch_size)
+    if mixup is None:
+        return weight, weight
+    return weight, kd_augmentation.mix_per_example(weight, *mixup)
+
+
+def _adapter_shape(adapter):
+    """`(rank of the features, input width, output width)` of an adapter."""
+    kernel_shape = tuple(int(d) for d in adapter.kernel.shape)
+    return (2 if len(kernel_shape) == 2 else 4, kernel_shape[-2], kernel_shape[-1])
+
+
 def _check_alpha(alpha):
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
@@ -290,6 +338,25 @@ class Distiller(keras.Model):
     `fit` logs `loss` (the total), `student_loss` (mean label loss over the
     labeled examples), `distillation_loss` (the T²-scaled KL) and every
     compiled metric, computed on the student's predictions.
+
+    Feature and relation distillation: `compile(feature_losses=[...])` adds
+    terms that compare intermediate layers of both models, so that the loss
+    becomes
+
+    `alpha * label + (1 - alpha) * T² * KL + sum_i weight_i * feature_i`
+
+    with `feature_i` the value of the i-th loss (`keras_kd.losses.HintLoss`,
+    `AttentionTransfer`, `RKD`, `SimilarityPreserving`) on the outputs of its
+    `teacher_layer_name` and `student_layer_name`. Per-example terms (hints,
+    attention transfer) are weighted by `sample_weight` and averaged over the
+    global batch like the KL; batch-level terms (RKD, similarity-preserving)
+    are one value per replica batch, averaged over the replicas, without
+    sample weights. Each model still runs once per step (a multi-output view
+    of Functional and Sequential models; subclassed models implement
+    `call_with_features`, see `keras_kd.features`). `HintLoss` adapters
+    (`feature_adapters`) belong to the distiller and train with the student;
+    the student never contains them. Each term is logged under its loss's
+    `name`.
 
     `fit(x)` without labels trains on the soft targets alone: each example
     contributes `(1 - alpha) * T² * KL`. With sparse integer labels, a label
@@ -424,6 +491,11 @@ class Distiller(keras.Model):
             keras.metrics.Mean(name="distillation_loss"),
         )
         self._evaluating = False
+        # Adapters are trained with the student but never belong to it; keyed
+        # by `feature_adapter_<index of the feature loss>`.
+        self.feature_adapters = {}
+        self.feature_losses = []
+        self._feature_plan = None
         self.alpha = 0.1
         self.temperature = 3.0
         self.student_loss_fn = _resolve_student_loss(None)
@@ -450,6 +522,7 @@ class Distiller(keras.Model):
         distillation_loss_fn=None,
         alpha=0.1,
         temperature=None,
+        feature_losses=None,
         **kwargs,
     ):
         """Configures the distiller for training.
@@ -482,13 +555,41 @@ class Distiller(keras.Model):
             temperature: Softmax temperature T > 0. Defaults to `3.0` (or the
                 `temperature` of a `keras_kd` loss passed as
                 `distillation_loss_fn`).
+            feature_losses: List of `keras_kd.losses.FeatureLoss`
+                (`HintLoss`, `AttentionTransfer`, `RKD`,
+                `SimilarityPreserving`), each naming a teacher and a student
+                layer and adding `loss.weight * value` to the total loss,
+                next to the label and logits terms. Compiling builds the
+                models' multi-output views, checks layer names and shapes
+                (for subclassed models: on the first batch of `fit`), and
+                creates `HintLoss` adapters anew. Needs the teacher online:
+                no teacher-logits cache. Defaults to `None`.
             **kwargs: Passed to `keras.Model.compile` (`weighted_metrics`,
                 `jit_compile`, `steps_per_execution`, `run_eagerly`).
 
         Raises:
             ValueError: for `alpha` outside [0, 1], `temperature <= 0`, a
-                non-callable loss, `loss=` (use `student_loss_fn`), or a
-                `temperature` that contradicts the distillation loss's own.
+                non-callable loss, `loss=` (use `student_loss_fn`), a
+                `temperature` that contradicts the distillation loss's own,
+                or, for `feature_losses`, a loss that is not a `FeatureLoss`,
+                an unknown layer name (the message lists the model's layers),
+                a subclassed model without `call_with_features`, or feature
+                shapes the loss cannot compare.
+
+        Example:
+
+        ```python
+        distiller.compile(
+            optimizer="adam",
+            alpha=0.1,
+            temperature=4.0,
+            feature_losses=[
+                keras_kd.losses.HintLoss("t_conv2", "s_conv2"),  # adapter if needed
+                keras_kd.losses.AttentionTransfer("t_conv1", "s_conv1"),
+                keras_kd.losses.RKD("t_hidden", "s_hidden", weight=0.5),
+            ],
+        )
+        ```
         """
         if kwargs.pop("loss", None) is not None:
             raise ValueError(
@@ -517,7 +618,44 @@ class Distiller(keras.Model):
         self.distillation_loss_fn = _resolve_distillation_loss(
             distillation_loss_fn, self.temperature
         )
+        self._compile_features(_resolve_feature_losses(feature_losses))
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
+
+    def _compile_features(self, feature_losses):
+        self.feature_adapters.clear()
+        self.feature_losses = feature_losses
+        self._feature_plan = None
+        if not feature_losses:
+            return
+        plan = kd_features.FeaturePlan(feature_losses, self.student, self.teacher)
+        self._build_adapters(plan.static_adapter_widths())
+        self._feature_plan = plan
+
+    def _build_adapters(self, widths):
+        """Creates the adapters `{index: (student_shape, width)}` that are missing."""
+        created = False
+        for index, (student_shape, width) in widths.items():
+            name = kd_features.adapter_name(index)
+            adapter = self.feature_adapters.get(name)
+            if adapter is not None and _adapter_shape(adapter) == (
+                len(student_shape),
+                student_shape[-1],
+                width,
+            ):
+                continue
+            with self.distribute_strategy.scope():
+                self.feature_adapters[name] = kd_features.make_adapter(
+                    index, student_shape, width
+                )
+            created = True
+        if created:
+            # Saving addresses the adapters by their order: keep it by index.
+            ordered = sorted(
+                self.feature_adapters.items(),
+                key=lambda item: int(item[0].rsplit("_", 1)[1]),
+            )
+            self.feature_adapters.clear()
+            self.feature_adapters.update(dict(ordered))
 
     def call(self, inputs, training=None):
         inputs, _ = split_cached_inputs(inputs)
@@ -525,8 +663,10 @@ class Distiller(keras.Model):
 
     def teacher_logits(self, x):
         """The teacher's logits (float32) for a batch, as the losses see them."""
-        logits = self.teacher(x, training=False)
-        logits = ops.cast(logits, "float32")
+        return self._as_teacher_logits(self.teacher(x, training=False))
+
+    def _as_teacher_logits(self, outputs):
+        logits = ops.cast(outputs, "float32")
         if self.teacher_outputs == "probabilities":
             logits = ops.log(ops.maximum(logits, _MIN_PROBABILITY))
         return ops.stop_gradient(logits)
@@ -571,18 +711,14 @@ class Distiller(keras.Model):
         """
         student_logits = ops.cast(y_pred, "float32")
         batch_size = ops.shape(student_logits)[0]
-        weight = ops.ones((batch_size,), "float32")
-        if sample_weight is not None:
-            weight = _per_example(sample_weight, batch_size)
+        weight, distillation_weight = _example_weights(sample_weight, batch_size, mixup)
         local_count = ops.cast(batch_size, "float32")
 
         sparse_labels, sparse_mask = (
             (y, label_mask) if label_mask is not None else (None, None)
         )
-        distillation_weight = weight
         if mixup is not None:
             lam, partners = mixup
-            distillation_weight = kd_augmentation.mix_per_example(weight, lam, partners)
             if sparse_labels is not None:
                 sparse_labels = kd_augmentation.dominant(sparse_labels, lam, partners)
                 sparse_mask = kd_augmentation.dominant(sparse_mask, lam, partners)
@@ -610,6 +746,37 @@ class Distiller(keras.Model):
         student_sum = ops.sum(lam * student + (1.0 - lam) * partner_student)
         labeled_count = ops.sum(kd_augmentation.mix_per_example(mask, lam, partners))
         return student_sum, labeled_count, distillation_sum, local_count
+
+    def _feature_terms(
+        self, plan, teacher_features, student_features, sample_weight, mixup
+    ):
+        """`(logs, example_sum, batch_sum)` of the feature losses on one replica.
+
+        `example_sum` is the weighted sum over examples of the per-example
+        terms, `batch_sum` the weighted sum of the batch-level terms; `logs`
+        holds `(value, count)` per loss for its tracker, unweighted.
+        """
+        values = plan.values(teacher_features, student_features, self.feature_adapters)
+        batch_size = ops.shape(student_features[None])[0]
+        _, mixed_weight = _example_weights(sample_weight, batch_size, mixup)
+        local_count = ops.cast(batch_size, "float32")
+        logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
+        for loss, value in zip(plan.losses, values):
+            if loss.batch_level:
+                batch_sum += loss.weight * value
+                logs.append((value, ops.ones(())))
+            else:
+                total = ops.sum(_per_example(value, batch_size) * mixed_weight)
+                example_sum += loss.weight * total
+                logs.append((total / local_count, local_count))
+        return logs, example_sum, batch_sum
+
+    def _adapter_variables(self):
+        return [
+            variable
+            for adapter in self.feature_adapters.values()
+            for variable in adapter.trainable_variables
+        ]
 
     def _regularization_loss(self):
         if not self.student.losses:
@@ -646,20 +813,34 @@ class Distiller(keras.Model):
         x, teacher_logits = split_cached_inputs(x)
         if teacher_logits is not None and self._augments:
             raise ValueError(_cache_message("Cached teacher logits"))
+        plan = self._feature_plan
+        if teacher_logits is not None and plan is not None:
+            raise ValueError(_feature_cache_message("Cached teacher logits"))
         x, mixup = self.augment(x)
-        if teacher_logits is None:
+        if plan is not None:
+            teacher_outputs, teacher_features = plan.teacher(x, training=False)
+            teacher_logits = self._as_teacher_logits(teacher_outputs)
+        elif teacher_logits is None:
             teacher_logits = self.teacher_logits(x)
         teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
 
         replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
-            y_pred = self.student(x, training=True)
+            if plan is None:
+                y_pred = self.student(x, training=True)
+            else:
+                y_pred, student_features = plan.student(x, training=True)
             student_sum, labeled, distillation_sum, local_count = self._loss_terms(
                 y, y_pred, teacher_logits, sample_weight, label_mask, mixup
             )
             weighted_sum = (
                 self.alpha * student_sum + (1.0 - self.alpha) * distillation_sum
             )
+            feature_logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
+            if plan is not None:
+                feature_logs, example_sum, batch_sum = self._feature_terms(
+                    plan, teacher_features, student_features, sample_weight, mixup
+                )
             regularization = self._regularization_loss()
             global_count = local_count
             if replicas > 1:
@@ -667,18 +848,26 @@ class Distiller(keras.Model):
                     tf.distribute.ReduceOp.SUM, local_count
                 )
             # Each replica's share of the global-batch mean; the optimizer sums
-            # the replicas' gradients.
-            replica_loss = weighted_sum / global_count + regularization / replicas
+            # the replicas' gradients. Batch-level terms are one value per
+            # replica: their share is the mean over replicas.
+            replica_loss = (weighted_sum + example_sum) / global_count + (
+                regularization + batch_sum
+            ) / replicas
             scaled_loss = self.optimizer.scale_loss(replica_loss)
 
-        variables = self.student.trainable_variables
+        variables = self.student.trainable_variables + self._adapter_variables()
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
 
         student_tracker, distillation_tracker = self._kd_trackers
         self._loss_tracker.update_state(
-            weighted_sum / local_count + regularization, sample_weight=local_count
+            (weighted_sum + example_sum) / local_count + regularization + batch_sum,
+            sample_weight=local_count,
         )
+        for tracker, (value, count) in zip(
+            () if plan is None else plan.trackers, feature_logs
+        ):
+            tracker.update_state(value, sample_weight=count)
         student_tracker.update_state(
             ops.divide_no_nan(student_sum, labeled), sample_weight=labeled
         )
@@ -758,6 +947,8 @@ class Distiller(keras.Model):
             metrics = [m for m in metrics if m is not self._compile_metrics]
         if self._evaluating:
             return [m for m in metrics if not any(m is t for t in self._kd_trackers)]
+        if self._feature_plan is not None:
+            metrics = metrics + list(self._feature_plan.trackers)
         return metrics
 
     def fit(self, x=None, y=None, *args, teacher_logits=None, **kwargs):
@@ -771,11 +962,15 @@ class Distiller(keras.Model):
         Before training, a few examples go through both models once, eagerly,
         so that empty data, mismatched class counts and softmax outputs fail
         here with a clear `ValueError` rather than deep inside TensorFlow.
+        With `feature_losses`, this pass also checks the feature names and
+        shapes of subclassed models and builds their `HintLoss` adapters.
         `y=None` (and datasets without labels) trains on soft targets alone.
         """
         if teacher_logits is not None:
             if self._augments:
                 raise ValueError(_cache_message("`teacher_logits`"))
+            if self._feature_plan is not None:
+                raise ValueError(_feature_cache_message("`teacher_logits`"))
             x = attach_teacher_logits(x, teacher_logits)
         self.check_distribution()
         self.check_transfer_data(x)
@@ -825,7 +1020,13 @@ class Distiller(keras.Model):
         return super()._maybe_symbolic_build(data_batch=data_batch)
 
     def check_transfer_data(self, x):
-        """Raises `ValueError` if `x` is empty or the models do not fit it."""
+        """Raises `ValueError` if `x` is empty or the models do not fit it.
+
+        With `feature_losses`, also checks the features of a few examples and
+        builds the `HintLoss` adapters that the static shapes could not
+        (subclassed models); call it on one batch before `fit` when `fit`
+        gets a Python generator, which cannot be read ahead.
+        """
         probe = _probe_batch(x)
         if probe is None or isinstance(
             tf.distribute.get_strategy(), tf.distribute.TPUStrategy
@@ -834,15 +1035,27 @@ class Distiller(keras.Model):
         inputs, teacher_logits = split_cached_inputs(probe)
         if teacher_logits is not None and self._augments:
             raise ValueError(_cache_message("A dataset of cached teacher logits"))
+        plan = self._feature_plan
+        if teacher_logits is not None and plan is not None:
+            raise ValueError(
+                _feature_cache_message("A dataset of cached teacher logits")
+            )
         if self.augmentation is not None:
             inputs = self.augmentation(inputs, training=True)
-        if teacher_logits is None:
+        if plan is not None:
+            teacher_logits, teacher_features = plan.teacher(inputs, training=False)
+            student_logits, student_features = plan.student(inputs, training=False)
+            self._build_adapters(
+                plan.adapter_widths(teacher_features, student_features)
+            )
+        elif teacher_logits is None:
             teacher_logits = self.teacher(inputs, training=False)
         if self.teacher_outputs == "logits" and _looks_like_probabilities(
             teacher_logits
         ):
             raise ValueError(_softmax_message("teacher"))
-        student_logits = self.student(inputs, training=False)
+        if plan is None:
+            student_logits = self.student(inputs, training=False)
         if _looks_like_probabilities(student_logits):
             raise ValueError(_softmax_message("student"))
         self._check_class_counts(student_logits.shape[-1], teacher_logits.shape[-1])
@@ -889,7 +1102,7 @@ class Distiller(keras.Model):
         if not self.compiled:
             return {}
         serialize = keras.saving.serialize_keras_object
-        return {
+        config = {
             "optimizer": serialize(self.optimizer),
             "metrics": serialize(self._compile_config.config.get("metrics")),
             "weighted_metrics": serialize(
@@ -902,8 +1115,19 @@ class Distiller(keras.Model):
             "steps_per_execution": self.steps_per_execution,
             "jit_compile": self.jit_compile,
         }
+        if self.feature_losses:
+            config["feature_losses"] = serialize(self.feature_losses)
+            # Adapters built from the first batch (subclassed models) cannot be
+            # rebuilt by `compile`: their shapes travel with the config.
+            config["feature_adapter_shapes"] = {
+                name: list(_adapter_shape(adapter))
+                for name, adapter in self.feature_adapters.items()
+            }
+        return config
 
     def compile_from_config(self, config):
+        config = dict(config)
+        adapter_shapes = config.pop("feature_adapter_shapes", None) or {}
         config = {
             key: keras.saving.deserialize_keras_object(value)
             if isinstance(value, (dict, list))
@@ -911,5 +1135,14 @@ class Distiller(keras.Model):
             for key, value in config.items()
         }
         self.compile(**config)
+        self._build_adapters(
+            {
+                int(name.rsplit("_", 1)[1]): (
+                    (None,) * (rank - 1) + (input_width,),
+                    output_width,
+                )
+                for name, (rank, input_width, output_width) in adapter_shapes.items()
+            }
+        )
         if self.built:
             self.optimizer.build(self.trainable_variables)

@@ -1,5 +1,9 @@
 """Distillation losses: pure `keras.ops` functions and `keras.losses.Loss` classes.
 
+The logits losses (KD, DKD) are defined here; the feature and relation losses
+(`HintLoss`, `AttentionTransfer`, `RKD`, `SimilarityPreserving` and their
+functions) in `keras_kd.feature_losses`, and re-exported here.
+
 Every function here returns one value per example (shape `(batch,)`), like
 `keras.losses.sparse_categorical_crossentropy`; the Loss classes reduce them
 with the usual Keras `reduction`. All math runs in float32, whatever the input
@@ -8,6 +12,22 @@ dtype, so that mixed-precision logits do not overflow in `exp`.
 
 import keras
 from keras import ops
+
+# Losses on intermediate features live in their own module; `keras_kd.losses`
+# is where users find every loss.
+from keras_kd.feature_losses import (  # noqa: F401
+    RKD,
+    AttentionTransfer,
+    FeatureLoss,
+    HintLoss,
+    SimilarityPreserving,
+    attention_map,
+    attention_transfer_loss,
+    hint_loss,
+    rkd_angle_loss,
+    rkd_distance_loss,
+    similarity_preserving_loss,
+)
 
 
 def _check_temperature(temperature):

@@ -1,6 +1,8 @@
-"""Hand computations with the math module, the yardstick the tests check against."""
+"""Hand computations with the math module and numpy: the tests' yardstick."""
 
 import math
+
+import numpy as np
 
 
 def softmax(row, temperature=1.0):
@@ -26,3 +28,82 @@ def matmul(rows, kernel):
         [sum(r[k] * kernel[k][j] for k in range(len(r))) for j in range(len(kernel[0]))]
         for r in rows
     ]
+
+
+# --- Feature and relation losses, with numpy and explicit loops --------------
+
+
+def hint(teacher, student):
+    """Per example: mean over the features of (t - s)²."""
+    diff = np.asarray(teacher, "float64") - np.asarray(student, "float64")
+    return (diff**2).reshape(len(diff), -1).mean(axis=1)
+
+
+def attention_map(features, p=2):
+    """normalize(vec(mean_c |a|^p)) per example, NHWC."""
+    maps = (np.abs(np.asarray(features, "float64")) ** p).mean(axis=-1)
+    maps = maps.reshape(len(maps), -1)
+    return maps / np.linalg.norm(maps, axis=1, keepdims=True)
+
+
+def attention_transfer(teacher, student, p=2):
+    return ((attention_map(student, p) - attention_map(teacher, p)) ** 2).mean(axis=1)
+
+
+def smooth_l1(x):
+    return 0.5 * x * x if abs(x) < 1 else abs(x) - 0.5
+
+
+def rkd_distance(teacher, student):
+    """Mean over all b² ordered pairs of huber(psi_s - psi_t), psi = d / mean d."""
+
+    def psi(e):
+        e = np.asarray(e, "float64").reshape(len(e), -1)
+        b = len(e)
+        d = [[math.dist(e[i], e[j]) for j in range(b)] for i in range(b)]
+        mean = sum(d[i][j] for i in range(b) for j in range(b) if i != j) / (
+            b * (b - 1)
+        )
+        return [[v / mean for v in row] for row in d]
+
+    t, s = psi(teacher), psi(student)
+    b = len(t)
+    return sum(smooth_l1(s[i][j] - t[i][j]) for i in range(b) for j in range(b)) / (
+        b * b
+    )
+
+
+def rkd_angle(teacher, student):
+    """Mean over all b³ triplets of huber(cos_s - cos_t), cos at vertex i.
+
+    Loops over every triplet, with no shortcut; a zero difference (j or k
+    equal to i, or two equal examples) has cosine 0.
+    """
+
+    def cosines(e):
+        e = np.asarray(e, "float64").reshape(len(e), -1)
+        b = len(e)
+        out = {}
+        for i in range(b):
+            for j in range(b):
+                for k in range(b):
+                    u, v = e[j] - e[i], e[k] - e[i]
+                    norms = np.linalg.norm(u) * np.linalg.norm(v)
+                    # A zero difference has no direction: cosine 0.
+                    out[i, j, k] = float(u @ v / norms) if norms else 0.0
+        return out
+
+    t, s = cosines(teacher), cosines(student)
+    return sum(smooth_l1(s[key] - t[key]) for key in t) / len(t)
+
+
+def similarity_preserving(teacher, student):
+    """||G~_t - G~_s||_F² / b², G = F F^T with L2-normalized rows."""
+
+    def gram(f):
+        f = np.asarray(f, "float64").reshape(len(f), -1)
+        g = f @ f.T
+        return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-12)
+
+    b = len(teacher)
+    return float(((gram(teacher) - gram(student)) ** 2).sum() / (b * b))

@@ -1,0 +1,243 @@
+"""Intermediate features for `Distiller.compile(feature_losses=...)`.
+
+Each model runs once per step and returns its logits together with the
+outputs of the named layers:
+
+- Functional and Sequential models (built with `keras.Input`): a
+  multi-output view, `keras.Model(model.inputs, [model.output,
+  layer.output, ...])`, that shares every layer and weight with the model.
+- Subclassed models: they implement the protocol
+  `call_with_features(inputs, training=False)`, which returns
+  `(logits, {layer_name: tensor})` from one forward pass, for example:
+
+  ```python
+  class Student(keras.Model):
+      def __init__(self):
+          super().__init__()
+          self.hidden = keras.layers.Dense(32, activation="relu", name="hidden")
+          self.head = keras.layers.Dense(10, name="logits")
+
+      def call_with_features(self, inputs, training=False):
+          hidden = self.hidden(inputs)
+          return self.head(hidden), {"hidden": hidden}
+
+      def call(self, inputs, training=False):
+          return self.call_with_features(inputs, training)[0]
+  ```
+
+A layer name of `None` means the model's output (its logits), which needs
+neither. Adapters (the learnable maps of `HintLoss`) live here too; they are
+owned by the Distiller, never by the student.
+"""
+
+import keras
+from keras import ops
+
+PROTOCOL = "call_with_features"
+_ADAPTER_PREFIX = "feature_adapter_"
+
+
+def _graph_outputs(model):
+    """The outputs of a Functional/Sequential model, or None if it has none."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or not all(hasattr(o, "_keras_history") for o in outputs):
+        return None
+    return list(outputs)
+
+
+def _protocol_message(model, role, names):
+    return (
+        f"The {role} {model.name!r} is a subclassed model, so layer outputs "
+        f"{names} cannot be read from its graph. Implement the feature "
+        f"protocol on it: a method `{PROTOCOL}(inputs, training=False)` that "
+        "returns `(logits, {layer_name: tensor})` from one forward pass (see "
+        "`keras_kd.features`), or build it as a Functional or Sequential "
+        "model that starts with `keras.Input`."
+    )
+
+
+class FeatureSource:
+    """Runs one model once and returns `(logits, {layer_name: features})`.
+
+    `features[None]` is the model's output. Raises `ValueError` at
+    construction for an unknown layer name or a subclassed model without the
+    protocol, and at call time for a protocol model that does not return a
+    requested name.
+    """
+
+    def __init__(self, model, names, role):
+        self.model, self.role = model, role
+        self.names = list(dict.fromkeys(name for name in names if name is not None))
+        self.view = None
+        self.static_shapes = None
+        self.uses_protocol = bool(self.names) and callable(
+            getattr(model, PROTOCOL, None)
+        )
+        outputs = _graph_outputs(model)
+        if outputs is not None and len(outputs) == 1:
+            self.static_shapes = {None: tuple(outputs[0].shape)}
+        if not self.names or self.uses_protocol:
+            return
+        if outputs is None:
+            raise ValueError(_protocol_message(model, role, self.names))
+        if len(outputs) != 1:
+            raise ValueError(
+                f"The {role} {model.name!r} has {len(outputs)} outputs; feature "
+                "distillation needs a model with one output, its logits."
+            )
+        layers = {layer.name: layer for layer in model.layers}
+        unknown = [name for name in self.names if name not in layers]
+        if unknown:
+            raise ValueError(
+                f"The {role} {model.name!r} has no layer named "
+                f"{', '.join(map(repr, unknown))}. Its layers are: "
+                f"{', '.join(map(repr, layers))}."
+            )
+        tensors = []
+        for name in self.names:
+            try:
+                tensors.append(layers[name].output)
+            except (AttributeError, ValueError) as error:
+                raise ValueError(
+                    f"The output of the {role}'s layer {name!r} is not defined "
+                    f"in the graph of {model.name!r} ({error}). Pick a layer "
+                    "that is called once in the model."
+                ) from None
+            self.static_shapes[name] = tuple(tensors[-1].shape)
+        # A single input stays a single tensor, as the model takes it.
+        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+        self.view = keras.Model(
+            inputs, [outputs[0], *tensors], name=f"{model.name}_features"
+        )
+
+    def __call__(self, x, training):
+        if self.view is not None:
+            outputs = self.view(x, training=training)
+            logits, features = outputs[0], dict(zip(self.names, outputs[1:]))
+        elif self.uses_protocol:
+            logits, returned = getattr(self.model, PROTOCOL)(x, training=training)
+            features = self._pick(returned)
+        else:
+            logits, features = self.model(x, training=training), {}
+        features[None] = logits
+        return logits, features
+
+    def _pick(self, returned):
+        if not isinstance(returned, dict):
+            raise ValueError(
+                f"`{self.model.name}.{PROTOCOL}` must return `(logits, "
+                f"{{layer_name: tensor}})`; its second item is a "
+                f"{type(returned).__name__}."
+            )
+        missing = [name for name in self.names if name not in returned]
+        if missing:
+            raise ValueError(
+                f"`{self.model.name}.{PROTOCOL}` returned no features named "
+                f"{', '.join(map(repr, missing))} (asked for by the {self.role} "
+                f"layer names of the feature losses). It returned: "
+                f"{', '.join(map(repr, returned)) or 'nothing'}."
+            )
+        return {name: returned[name] for name in self.names}
+
+
+def adapter_name(index):
+    return f"{_ADAPTER_PREFIX}{index}"
+
+
+def make_adapter(index, student_shape, width):
+    """A float32 `Dense` (2-D) or 1x1 `Conv2D` (4-D) adapter, built.
+
+    Created under the distiller's strategy scope by the caller; float32 so
+    that feature losses stay float32 under mixed precision.
+    """
+    student_shape = (None, *student_shape[1:])
+    if len(student_shape) == 2:
+        layer = keras.layers.Dense(width, dtype="float32", name=adapter_name(index))
+    else:
+        layer = keras.layers.Conv2D(width, 1, dtype="float32", name=adapter_name(index))
+    layer.build(student_shape)
+    return layer
+
+
+class FeaturePlan:
+    """The feature losses of one `compile`, with both models' sources.
+
+    Held by the Distiller outside Keras' tracking: the views share the
+    models' layers and must not be saved or counted twice.
+    """
+
+    def __init__(self, losses, student, teacher):
+        self.losses = losses
+        self.student = FeatureSource(
+            student, [loss.student_layer_name for loss in losses], "student"
+        )
+        self.teacher = FeatureSource(
+            teacher, [loss.teacher_layer_name for loss in losses], "teacher"
+        )
+        self.log_names = []
+        for loss in losses:
+            name, suffix = loss.name, 2
+            while name in self.log_names:
+                name, suffix = f"{loss.name}_{suffix}", suffix + 1
+            self.log_names.append(name)
+        self.trackers = [keras.metrics.Mean(name=name) for name in self.log_names]
+
+    def static_adapter_widths(self):
+        """`{index: width}` of the adapters the static shapes call for.
+
+        Validates every loss whose two feature shapes are known before
+        training (Functional/Sequential models) and raises its `ValueError`.
+        """
+        widths = {}
+        if self.student.static_shapes is None or self.teacher.static_shapes is None:
+            return widths
+        for index, loss in enumerate(self.losses):
+            teacher_shape = self.teacher.static_shapes.get(loss.teacher_layer_name)
+            student_shape = self.student.static_shapes.get(loss.student_layer_name)
+            if teacher_shape is None or student_shape is None:
+                continue
+            width = loss.check_shapes(teacher_shape, student_shape)
+            if width is not None:
+                widths[index] = (student_shape, width)
+        return widths
+
+    def adapter_widths(self, teacher_features, student_features):
+        """`{index: (student_shape, width)}` for concrete or traced features."""
+        widths = {}
+        for index, loss in enumerate(self.losses):
+            width = loss.check_shapes(
+                tuple(teacher_features[loss.teacher_layer_name].shape),
+                tuple(student_features[loss.student_layer_name].shape),
+            )
+            if width is not None:
+                widths[index] = (
+                    tuple(student_features[loss.student_layer_name].shape),
+                    width,
+                )
+        return widths
+
+    def values(self, teacher_features, student_features, adapters):
+        """One float32 tensor per loss: `(batch,)`, or a scalar if batch-level."""
+        values = []
+        for index, loss in enumerate(self.losses):
+            teacher = ops.stop_gradient(
+                ops.cast(teacher_features[loss.teacher_layer_name], "float32")
+            )
+            student = ops.cast(student_features[loss.student_layer_name], "float32")
+            width = loss.check_shapes(tuple(teacher.shape), tuple(student.shape))
+            adapter = adapters.get(adapter_name(index))
+            if width is not None and adapter is None:
+                raise ValueError(
+                    f"{loss.describe()} needs an adapter to width {width}, which "
+                    "is built from the first batch before training, but `fit` "
+                    "could not read a batch ahead (a Python generator). Call "
+                    "`distiller.check_transfer_data(x_batch)` once before `fit`, "
+                    "or pass arrays or a `tf.data.Dataset`."
+                )
+            if width is not None:
+                student = adapter(student)
+            values.append(ops.cast(loss.call(teacher, student), "float32"))
+        return values
