@@ -15,9 +15,18 @@ Two measurements, each over several seeds, printed as Markdown tables:
    T 4), a teacher-assistant chain (teacher -> MLP (300, 300) -> student,
    10 epochs per stage, KD alpha 0.1, T 4) and deep mutual learning (two
    such MLPs trained together, alpha 0.5, T 1; the first one scored).
+3. Feature and relation losses with one budget: the same convnet teacher;
+   small convnet students (`mnist_convnet((8, 16), units=32)`), 10 epochs,
+   batch 64, Adam, same initial weights per seed, teacher online: scratch,
+   classic KD (alpha 0.1, T 4), and KD plus one feature term each: FitNets
+   hints (penultimate dense layers, Dense adapter 32 -> 128, weight 1),
+   attention transfer (second convolutions, both 24x24, weight 500), RKD
+   (penultimate layers, distance 25, angle 50) and similarity-preserving KD
+   (penultimate layers, weight 3000).
 
-    python benchmarks/methods.py                      # 3 seeds, ~10 min on 2 cores
+    python benchmarks/methods.py                      # 3 seeds, ~25 min on 2 cores
     python benchmarks/methods.py --seeds 0 --only merging
+    python benchmarks/methods.py --seeds 0 --only features --epochs 1  # smoke
 """
 
 import argparse
@@ -32,7 +41,13 @@ import numpy as np  # noqa: E402
 import keras_kd  # noqa: E402
 from keras_kd.chains import distill_chain  # noqa: E402
 from keras_kd.ensembles import LabelMergingTeacher  # noqa: E402
-from keras_kd.losses import DKD  # noqa: E402
+from keras_kd.losses import (  # noqa: E402
+    DKD,
+    RKD,
+    AttentionTransfer,
+    HintLoss,
+    SimilarityPreserving,
+)
 from keras_kd.mutual import MutualLearning  # noqa: E402
 
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
@@ -96,12 +111,17 @@ def distilled(seed, teacher, logits, x, y, epochs, alpha, loss=None, temperature
     return student
 
 
-def losses_seed(seed, data, epochs=10):
-    (x, y), (x_test, y_test) = data
+def convnet_teacher(seed, x, y, epochs=5):
     keras.utils.set_random_seed(seed)
     teacher = keras_kd.models.mnist_convnet(name="teacher")
     teacher.compile("adam", SCE)
-    teacher.fit(x, y, epochs=5, batch_size=64, verbose=0)
+    teacher.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    return teacher
+
+
+def losses_seed(seed, data, epochs=10, teacher_epochs=5):
+    (x, y), (x_test, y_test) = data
+    teacher = convnet_teacher(seed, x, y, teacher_epochs)
     logits = keras_kd.cache_teacher_outputs(teacher, x)
     results = {"teacher (convnet)": accuracy(teacher, x_test, y_test)}
     student_seed = seed + 1000
@@ -145,6 +165,50 @@ def losses_seed(seed, data, epochs=10):
     return results
 
 
+def convnet_student(seed):
+    keras.utils.set_random_seed(seed)
+    return keras_kd.models.mnist_convnet((8, 16), units=32, name="student")
+
+
+def feature_methods(teacher, student):
+    """`{row: feature_losses}`; layers 1 and 5 are the second conv and the dense."""
+    t_conv, t_dense = teacher.layers[1].name, teacher.layers[5].name
+    s_conv, s_dense = student.layers[1].name, student.layers[5].name
+    return {
+        "KD (alpha 0.1, T 4), online": [],
+        "KD + FitNets hints (dense, adapter 32 -> 128)": [HintLoss(t_dense, s_dense)],
+        "KD + attention transfer (conv 2, weight 500)": [
+            AttentionTransfer(t_conv, s_conv)
+        ],
+        "KD + RKD (dense; distance 25, angle 50)": [RKD(t_dense, s_dense)],
+        "KD + similarity-preserving (dense, weight 3000)": [
+            SimilarityPreserving(t_dense, s_dense)
+        ],
+    }
+
+
+def features_seed(seed, data, epochs=10, teacher_epochs=5):
+    (x, y), (x_test, y_test) = data
+    teacher = convnet_teacher(seed, x, y, teacher_epochs)
+    results = {"teacher (convnet)": accuracy(teacher, x_test, y_test)}
+    student_seed = seed + 1000
+    scratch = convnet_student(student_seed)
+    scratch.compile("adam", SCE)
+    scratch.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+    results["scratch (convnet 8/16/32)"] = accuracy(scratch, x_test, y_test)
+    names = list(feature_methods(teacher, convnet_student(student_seed)))
+    for name in names:
+        student = convnet_student(student_seed)
+        feature_losses = feature_methods(teacher, student)[name]
+        distiller = keras_kd.Distiller(student=student, teacher=teacher)
+        distiller.compile(
+            optimizer="adam", alpha=0.1, temperature=4.0, feature_losses=feature_losses
+        )
+        distiller.fit(x, y, epochs=epochs, batch_size=64, verbose=0)
+        results[name] = accuracy(student, x_test, y_test)
+    return results
+
+
 def table(title, runs):
     print(
         f"\n{title}\n\n| model | test accuracy (mean ± std) | per seed |\n|---|---|---|"
@@ -160,10 +224,23 @@ def table(title, runs):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--only", choices=["merging", "losses"], default=None)
+    parser.add_argument(
+        "--only", choices=["merging", "losses", "features"], default=None
+    )
+    parser.add_argument(
+        "--epochs", type=int, default=10, help="student epochs (losses, features)"
+    )
+    parser.add_argument(
+        "--teacher-epochs", type=int, default=5, help="teacher epochs (same)"
+    )
     args = parser.parse_args(argv)
     data = keras_kd.datasets.load_mnist()
-    for name, run in (("merging", merging_seed), ("losses", losses_seed)):
+    budget = {"epochs": args.epochs, "teacher_epochs": args.teacher_epochs}
+    for name, run in (
+        ("merging", merging_seed),
+        ("losses", lambda seed, data: losses_seed(seed, data, **budget)),
+        ("features", lambda seed, data: features_seed(seed, data, **budget)),
+    ):
         if args.only not in (None, name):
             continue
         runs = []
