@@ -29,7 +29,8 @@ _EPSILON = 1e-12
 _ADAPTED_RANKS = {2: "Dense", 4: "Conv2D 1x1"}
 
 
-def _check_weight(value, name="weight"):
+def _check_nonnegative(value, name="weight"):
+    """Raises `ValueError` unless `value` is a finite number >= 0 (a weight)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
     if not 0.0 <= value < float("inf"):
@@ -370,7 +371,7 @@ class FeatureLoss(keras.losses.Loss):
     ):
         _check_layer_name(teacher_layer_name, "teacher_layer_name")
         _check_layer_name(student_layer_name, "student_layer_name")
-        _check_weight(weight)
+        _check_nonnegative(weight)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
@@ -629,8 +630,8 @@ class RKD(FeatureLoss):
         name="rkd",
         dtype="float32",
     ):
-        _check_weight(distance_weight, "distance_weight")
-        _check_weight(angle_weight, "angle_weight")
+        _check_nonnegative(distance_weight, "distance_weight")
+        _check_nonnegative(angle_weight, "angle_weight")
         super().__init__(
             teacher_layer_name, student_layer_name, weight, reduction, name, dtype
         )

@@ -21,6 +21,7 @@ from keras_kd.feature_losses import (  # noqa: F401
     FeatureLoss,
     HintLoss,
     SimilarityPreserving,
+    _check_nonnegative,
     attention_map,
     attention_transfer_loss,
     hint_loss,
@@ -142,15 +143,6 @@ class KDLoss(keras.losses.Loss):
         config = super().get_config()
         config.update({"temperature": self.temperature})
         return config
-
-
-def _check_nonnegative(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-    if not 0.0 <= value < float("inf"):
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0 (a weight), got {value!r}."
-        )
 
 
 def _check_labels(labels, num_classes):
