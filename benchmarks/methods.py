@@ -24,7 +24,8 @@ Two measurements, each over several seeds, printed as Markdown tables:
    (penultimate layers, distance 25, angle 50) and similarity-preserving KD
    (penultimate layers, weight 3000).
 
-    python benchmarks/methods.py                      # 3 seeds, ~25 min on 2 cores
+    python benchmarks/methods.py --only merging       # 3 seeds, ~5 min on 2 cores
+    python benchmarks/methods.py --only features      # 3 seeds, about 1 h (estimate)
     python benchmarks/methods.py --seeds 0 --only merging
     python benchmarks/methods.py --seeds 0 --only features --epochs 1  # smoke
 """
