@@ -22,8 +22,10 @@ the rest of the split unlabeled):
                   marks the others), one fit
   (each also with the random shift: *_aug)
 
-Few-labels runs take as many optimizer steps as a full-data run of the first
-budget (the labeled images are repeated). Each run appends one JSON line to
+Few-labels runs take as many optimizer steps as a full-data run of
+`--few-epochs` epochs (default: the first budget; the labeled images are
+repeated). Runs without augmentation distill from a teacher-logits cache
+(exactly the same targets, computed once). Each run appends one JSON line to
 `--out`; the table (mean ± std over seeds, and the share of the
 teacher-scratch gap each KD recipe recovers against the scratch run with the
 same augmentation and budget) is printed at the end and can be rebuilt from
@@ -63,6 +65,9 @@ def parse_args(argv=None):
     parser.add_argument("--budgets", type=int, nargs="+", default=[20, 60])
     parser.add_argument("--configs", nargs="+", default=list(FULL + FEW))
     parser.add_argument("--labeled", type=int, default=150)
+    parser.add_argument(
+        "--few-epochs", type=int, default=None, help="default: the first budget"
+    )
     parser.add_argument("--teacher-epochs", type=int, default=30)
     parser.add_argument("--teacher-path", default="artifacts/bench/teacher.weights.h5")
     parser.add_argument("--temperature", type=float, default=4.0)
@@ -175,9 +180,13 @@ def run(args, config, seed, epochs, teacher, train, test):
     elif config.startswith("few_hard"):
         student = train_scratch(args, *repeated, epochs, seed, augment)
     elif config.startswith("few_soft_unlab"):
-        student = train_kd(args, teacher, *partial, epochs, seed, augment)
+        student = train_kd(
+            args, teacher, *partial, epochs, seed, augment, cache=not augment
+        )
     elif config.startswith("few_soft"):
-        student = train_kd(args, teacher, *repeated, epochs, seed, augment)
+        student = train_kd(
+            args, teacher, *repeated, epochs, seed, augment, cache=not augment
+        )
     else:
         raise ValueError(f"Unknown config {config!r}.")
     return test_accuracy(student, test)
@@ -228,7 +237,9 @@ def main(argv=None):
         few = [c for c in args.configs if c in FEW]
         # The first budget and the few-labels runs first, then longer budgets.
         first, *longer = args.budgets
-        jobs = [(c, first, s) for s in args.seeds for c in full + few]
+        few_epochs = args.few_epochs or first
+        jobs = [(c, first, s) for s in args.seeds for c in full]
+        jobs += [(c, few_epochs, s) for s in args.seeds for c in few]
         jobs += [(c, e, s) for e in longer for s in args.seeds for c in full]
         for config, epochs, seed in jobs:
             start = time.perf_counter()

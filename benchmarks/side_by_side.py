@@ -15,10 +15,12 @@ times and scores:
   PyTorch distillation      a plain PyTorch KD loop (teacher under no_grad)
 
 Times are printed as ratios to the "student alone" row, measured in this one
-run; peak memory is the process's peak resident set during the row (Linux
-VmHWM, reset before each row). A second table grows the teacher and the data.
+run. Peak memory is measured separately, each row alone in a fresh child
+process (2 epochs, Linux VmHWM), so that one row's allocations do not show
+up in the next. A third table grows the teacher and the data, timing steady
+epochs (the first, which traces, excluded).
 
-    python benchmarks/side_by_side.py                 # about 25 minutes on 2 cores
+    python benchmarks/side_by_side.py                 # about 30 minutes on 2 cores
     python benchmarks/side_by_side.py --epochs 2 --num-train 1000 --no-scaling  # smoke
 
 PyTorch rows need `pip install -e .[bench]`; without torch they are skipped.
@@ -27,6 +29,8 @@ PyTorch rows need `pip install -e .[bench]`; without torch they are skipped.
 import argparse
 import os
 import platform
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -55,13 +59,6 @@ def peak_memory_mb():
             if line.startswith("VmHWM"):
                 return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def measure(fn, *args, **kwargs):
-    reset_peak_memory()
-    start = time.perf_counter()
-    result = fn(*args, **kwargs)
-    return time.perf_counter() - start, peak_memory_mb(), result
 
 
 def accuracy(predict, x, y):
@@ -184,16 +181,29 @@ def torch_cnn(filters):
 
     first, second = filters
 
-    class SamePadMaxPool(nn.Module):
-        def forward(self, x):  # 2x2, stride 1, 'same': pad right and bottom
-            x = nn.functional.pad(x, (0, 1, 0, 1), value=float("-inf"))
-            return nn.functional.max_pool2d(x, 2, stride=1)
+    class PadRightBottom(nn.Module):
+        """TensorFlow's 'same' padding where it needs one extra row and column.
+
+        For a 3x3 stride-2 convolution on an even size and a 2x2 stride-1
+        pool, 'same' pads only the right and bottom edges; PyTorch's
+        `padding=1` would pad all four and shift every window by a pixel.
+        """
+
+        def __init__(self, value=0.0):
+            super().__init__()
+            self.value = value
+
+        def forward(self, x):
+            return nn.functional.pad(x, (0, 1, 0, 1), value=self.value)
 
     return nn.Sequential(
-        nn.Conv2d(1, first, 3, stride=2, padding=1),
+        PadRightBottom(),
+        nn.Conv2d(1, first, 3, stride=2),
         nn.LeakyReLU(0.2),
-        SamePadMaxPool(),
-        nn.Conv2d(first, second, 3, stride=2, padding=1),
+        PadRightBottom(float("-inf")),
+        nn.MaxPool2d(2, stride=1),
+        PadRightBottom(),
+        nn.Conv2d(first, second, 3, stride=2),
         nn.Flatten(),
         nn.Linear(second * 7 * 7, 10),
     ).to(torch.float32)
@@ -253,27 +263,31 @@ def train_teacher(filters, x, y, epochs, seed):
     return teacher
 
 
-def torch_teacher_like(teacher):
-    """A PyTorch copy of a trained Keras teacher (same weights, same logits)."""
+def torch_teacher_like(teacher, x):
+    """A PyTorch copy of a trained Keras teacher: same weights, same logits.
+
+    Raises `RuntimeError` if its logits on `x` differ from the Keras teacher's.
+    """
     import torch
 
     model = torch_cnn((teacher.layers[0].filters, teacher.layers[3].filters))
     conv1, conv2, dense = teacher.layers[0], teacher.layers[3], teacher.layers[5]
+    torch_conv1, torch_conv2, torch_dense = model[1], model[6], model[8]
     with torch.no_grad():
-        model[0].weight.copy_(
-            torch.from_numpy(np.transpose(conv1.kernel.numpy(), (3, 2, 0, 1)))
-        )
-        model[0].bias.copy_(torch.from_numpy(conv1.bias.numpy()))
-        model[3].weight.copy_(
-            torch.from_numpy(np.transpose(conv2.kernel.numpy(), (3, 2, 0, 1)))
-        )
-        model[3].bias.copy_(torch.from_numpy(conv2.bias.numpy()))
+        for keras_conv, torch_conv in ((conv1, torch_conv1), (conv2, torch_conv2)):
+            kernel = np.transpose(keras_conv.kernel.numpy(), (3, 2, 0, 1))
+            torch_conv.weight.copy_(torch.from_numpy(kernel))
+            torch_conv.bias.copy_(torch.from_numpy(keras_conv.bias.numpy()))
         # Keras flattens NHWC, PyTorch NCHW: permute the dense rows to match.
         channels = conv2.filters
         kernel = dense.kernel.numpy().reshape(7, 7, channels, 10).transpose(2, 0, 1, 3)
-        model[5].weight.copy_(torch.from_numpy(kernel.reshape(-1, 10).T.copy()))
-        model[5].bias.copy_(torch.from_numpy(dense.bias.numpy()))
+        torch_dense.weight.copy_(torch.from_numpy(kernel.reshape(-1, 10).T.copy()))
+        torch_dense.bias.copy_(torch.from_numpy(dense.bias.numpy()))
     model.eval()
+    expected = teacher.predict(x, verbose=0)
+    difference = np.max(np.abs(torch_predict(model)(x) - expected))
+    if difference > 1e-3 * max(1.0, np.max(np.abs(expected))):
+        raise RuntimeError(f"PyTorch teacher differs from Keras': {difference:.2e}")
     return model
 
 
@@ -287,50 +301,76 @@ def have_torch():
         return False
 
 
+def row_runners(teacher, x, y, epochs, seed):
+    """Each row's work, as `name -> (function, how to predict with its result)`."""
+    e, s = epochs, seed
+
+    def keras_io():
+        # The keras.io pattern updates its teacher: give it a copy.
+        # `keras_kd.Distiller` froze `teacher`, and `clone_model` copies that
+        # flag; a user's teacher copied from the example is trainable.
+        teacher_copy = keras.models.clone_model(teacher)
+        teacher_copy.set_weights(teacher.get_weights())
+        teacher_copy.trainable = True
+        student = run_keras_io(teacher_copy, x, y, e, s)
+        student.teacher_changed = any(
+            not np.array_equal(a.numpy(), b.numpy())
+            for a, b in zip(teacher.weights, teacher_copy.weights)
+        )
+        return student
+
+    runners = {
+        "student alone": (lambda: run_student_alone(x, y, e, s), keras_predict),
+        "teacher inference pass": (lambda: run_inference_pass(teacher, x), None),
+        "keras_kd online": (lambda: run_keras_kd(teacher, x, y, e, s), keras_predict),
+        "keras_kd online, XLA": (
+            lambda: run_keras_kd(teacher, x, y, e, s, jit_compile=True),
+            keras_predict,
+        ),
+        CACHE_BUILD: (lambda: keras_kd.cache_teacher_outputs(teacher, x), None),
+        "keras_kd cached": (
+            lambda: run_keras_kd(teacher, x, y, e, s, cached=True),
+            keras_predict,
+        ),
+        "keras.distillation": (lambda: run_builtin(teacher, x, y, e, s), keras_predict),
+        "keras.io pattern": (keras_io, keras_predict),
+    }
+    if have_torch():
+        torch_teacher = torch_teacher_like(teacher, x[:256])
+        runners["PyTorch student alone"] = (
+            lambda: run_torch(x, y, e, s),
+            torch_predict,
+        )
+        runners["PyTorch distillation"] = (
+            lambda: run_torch(x, y, e, s, torch_teacher),
+            torch_predict,
+        )
+    return runners
+
+
+CACHE_BUILD = "  cache build (in the row below)"
+
+
 def main_table(args, x, y, x_test, y_test):
     teacher = train_teacher((256, 512), x, y, args.teacher_epochs, args.seed)
     teacher_weights = [w.numpy() for w in teacher.weights]
     rows = []
-
-    def add(name, fn, predict_of=keras_predict):
-        seconds, memory, model = measure(fn)
-        score = (
-            accuracy(predict_of(model), x_test, y_test) if model is not None else None
-        )
-        rows.append((name, seconds, memory, score))
+    io_changed = None
+    for name, (run, predict_of) in row_runners(
+        teacher, x, y, args.epochs, args.seed
+    ).items():
+        start = time.perf_counter()
+        model = run()
+        seconds = time.perf_counter() - start
+        score = None
+        if predict_of is not None:
+            score = accuracy(predict_of(model), x_test, y_test)
+        io_changed = getattr(model, "teacher_changed", io_changed)
+        rows.append((name, seconds, score))
         print(f"  measured {name}: {seconds:.1f} s", flush=True)
-
-    e, s = args.epochs, args.seed
-    add("student alone", lambda: run_student_alone(x, y, e, s))
-    add("teacher inference pass", lambda: run_inference_pass(teacher, x))
-    add("keras_kd online", lambda: run_keras_kd(teacher, x, y, e, s))
-    add(
-        "keras_kd online, XLA",
-        lambda: run_keras_kd(teacher, x, y, e, s, jit_compile=True),
-    )
-    seconds, memory, _ = measure(lambda: keras_kd.cache_teacher_outputs(teacher, x))
-    rows.append(("  cache build (in the row below)", seconds, memory, None))
-    add("keras_kd cached", lambda: run_keras_kd(teacher, x, y, e, s, cached=True))
-    add("keras.distillation", lambda: run_builtin(teacher, x, y, e, s))
     unchanged = all(
         np.array_equal(a, b.numpy()) for a, b in zip(teacher_weights, teacher.weights)
     )
-    # The keras.io pattern updates its teacher: give it a copy.
-    teacher_copy = keras.models.clone_model(teacher)
-    teacher_copy.set_weights(teacher.get_weights())
-    add("keras.io pattern", lambda: run_keras_io(teacher_copy, x, y, e, s))
-    io_changed = any(
-        not np.array_equal(a, b.numpy())
-        for a, b in zip(teacher_weights, teacher_copy.weights)
-    )
-    if have_torch():
-        torch_teacher = torch_teacher_like(teacher)
-        add("PyTorch student alone", lambda: run_torch(x, y, e, s), torch_predict)
-        add(
-            "PyTorch distillation",
-            lambda: run_torch(x, y, e, s, torch_teacher),
-            torch_predict,
-        )
     print_main_table(rows, args, teacher, x_test, y_test)
     print(f"teacher unchanged by keras_kd and keras.distillation: {unchanged}")
     print(f"teacher changed by the keras.io pattern: {io_changed}")
@@ -344,25 +384,26 @@ def print_main_table(rows, args, teacher, x_test, y_test):
         f"256/512 ({teacher.count_params():,} params, test accuracy "
         f"{accuracy(keras_predict(teacher), x_test, y_test):.4f}), student CNN 16/32\n"
     )
-    print("| method | time (s) | time / student alone | peak memory (MB) | accuracy |")
-    print("|---|---|---|---|---|")
-    for name, seconds, memory, score in rows:
+    print("| method | time (s) | time / student alone | accuracy |")
+    print("|---|---|---|---|")
+    for name, seconds, score in rows:
         acc = f"{score:.4f}" if score is not None else ""
-        ratio = f"{seconds / base:.2f}x"
-        print(f"| {name} | {seconds:.1f} | {ratio} | {memory:,.0f} | {acc} |")
-    times = {name: seconds for name, seconds, _, _ in rows}
+        print(f"| {name} | {seconds:.1f} | {seconds / base:.2f}x | {acc} |")
+    times = {name: seconds for name, seconds, _ in rows}
     student, teacher_pass = times["student alone"], times["teacher inference pass"]
     online = times["keras_kd online"]
-    cached = times["keras_kd cached"]  # build included
-    build = times["  cache build (in the row below)"]
+    online_xla = times["keras_kd online, XLA"]
+    cached = times["keras_kd cached"] + times[CACHE_BUILD]  # build included
     builtin = times["keras.distillation"]
+    yardstick = student + args.epochs * teacher_pass
     print(
-        "\nonline epoch / (student epoch + teacher pass): "
-        f"{online / (student + args.epochs * teacher_pass):.2f}"
-        f"\nonline / keras.distillation: {online / builtin:.2f}"
+        "\nonline / (student alone + one teacher pass per epoch): "
+        f"{online / yardstick:.2f} (XLA {online_xla / yardstick:.2f})"
+        f"\nonline / keras.distillation: {online / builtin:.2f} "
+        f"(XLA {online_xla / builtin:.2f})"
         f"\ncached total (build included) / keras.distillation: {cached / builtin:.2f}"
         "\ncached epochs (build excluded) / student alone: "
-        f"{(cached - build) / student:.2f}"
+        f"{times['keras_kd cached'] / student:.2f}"
     )
     if "PyTorch distillation" in times:
         torch_kd = times["PyTorch distillation"]
@@ -372,25 +413,133 @@ def print_main_table(rows, args, teacher, x_test, y_test):
         )
 
 
-def scaling_table(args, x_all, y_all):
-    print("\nHow cost grows: time / student alone at the same data size, 2 epochs")
+def memory_row(args, name):
+    """Runs one row alone in this (fresh) process; prints its peak memory."""
+    (x, y), _ = keras_kd.datasets.load_mnist(num_train=args.num_train)
+    # Weight values do not change memory: an untrained teacher will do.
+    teacher = train_teacher((256, 512), x, y, 0, args.seed)
+    runners = row_runners(teacher, x, y, args.epochs, args.seed)
+    if name == "keras_kd cached":
+        name = CACHE_BUILD + "+cached"
+        logits = keras_kd.cache_teacher_outputs(teacher, x)
+        print(f"CACHE_MB {logits.nbytes / 2**20:.2f}")
+        reset_peak_memory()
+        runners[name] = runners["keras_kd cached"]
+    reset_peak_memory()
+    runners[name][0]()
+    print(f"PEAK_MB {peak_memory_mb():.0f}")
+
+
+def memory_table(args):
+    """Each row in its own process: peak resident memory, 2 epochs."""
+    names = [
+        "student alone",
+        "teacher inference pass",
+        "keras_kd online",
+        "keras_kd online, XLA",
+        "keras_kd cached",
+        "keras.distillation",
+        "keras.io pattern",
+    ]
+    if have_torch():
+        names += ["PyTorch student alone", "PyTorch distillation"]
+    peaks, cache_mb = {}, 0.0
+    for name in names:
+        command = [sys.executable, os.path.abspath(__file__), "--memory-row", name]
+        command += ["--epochs", "2", "--num-train", str(args.num_train)]
+        output = subprocess.run(
+            command, capture_output=True, text=True, check=True
+        ).stdout
+        for line in output.splitlines():
+            if line.startswith("PEAK_MB"):
+                peaks[name] = float(line.split()[1])
+            if line.startswith("CACHE_MB"):
+                cache_mb = float(line.split()[1])
+        print(f"  measured memory of {name}: {peaks[name]:,.0f} MB", flush=True)
+    base = max(peaks["student alone"], peaks["teacher inference pass"])
     print(
-        "| teacher | images | student alone (s) | keras_kd online | keras_kd cached "
-        "| keras.distillation |"
+        "\nPeak resident memory, each row alone in a fresh process (2 epochs; "
+        "TensorFlow and the data included). Ratio to the larger of student "
+        "training and teacher inference; the cached row's cache is "
+        f"{cache_mb:.2f} MB.\n"
     )
-    print("|---|---|---|---|---|---|")
+    print("| method | peak memory (MB) | / max(student alone, teacher pass) |")
+    print("|---|---|---|")
+    for name in names:
+        print(f"| {name} | {peaks[name]:,.0f} | {peaks[name] / base:.2f}x |")
+
+
+class EpochTimes(keras.callbacks.Callback):
+    """Wall time of each epoch of a `fit`."""
+
+    def on_train_begin(self, logs=None):
+        self.times = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.times.append(time.perf_counter() - self.start)
+
+
+def steady_epoch(model, x, y, epochs=3, **fit_kwargs):
+    """Mean time of the epochs of `model.fit` after the first (tracing excluded)."""
+    timer = EpochTimes()
+    model.fit(
+        x,
+        y,
+        batch_size=BATCH,
+        epochs=epochs,
+        verbose=0,
+        callbacks=[timer],
+        **fit_kwargs,
+    )
+    return float(np.mean(timer.times[1:]))
+
+
+def scaling_table(args, x_all, y_all):
+    print(
+        "\nHow cost grows: one epoch after the first (tracing excluded), as a "
+        "ratio to a student-alone epoch on the same data; the cache build is "
+        "one teacher pass, shown separately"
+    )
+    print(
+        "| teacher | images | student epoch (s) | keras_kd online | "
+        "keras.distillation | keras_kd cached | cache build |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    loss = label_loss()
     for filters in [(64, 128), (128, 256), (256, 512)]:
         teacher = train_teacher(filters, x_all, y_all, 0, args.seed)
         for count in [1250, 2500, 5000]:
-            data = (x_all[:count], y_all[:count], 2, args.seed)
-            student, _, _ = measure(run_student_alone, *data)
-            online, _, _ = measure(run_keras_kd, teacher, *data)
-            cached, _, _ = measure(run_keras_kd, teacher, *data, cached=True)
-            builtin, _, _ = measure(run_builtin, teacher, *data)
+            x, y = x_all[:count], y_all[:count]
+
+            student = make_student(args.seed)
+            student.compile(optimizer="adam", loss=loss)
+            alone = steady_epoch(student, x, y)
+            distiller = keras_kd.Distiller(make_student(args.seed), teacher)
+            distiller.compile(optimizer="adam", alpha=ALPHA, temperature=TEMPERATURE)
+            online = steady_epoch(distiller, x, y)
+            builtin = keras.distillation.Distiller(
+                teacher=teacher,
+                student=make_student(args.seed),
+                distillation_losses=keras.distillation.LogitsDistillation(
+                    temperature=TEMPERATURE, loss=keras.losses.KLDivergence()
+                ),
+                student_loss_weight=ALPHA,
+            )
+            builtin.compile(optimizer="adam", loss=loss)
+            built_in = steady_epoch(builtin, x, y)
+            start = time.perf_counter()
+            logits = keras_kd.cache_teacher_outputs(teacher, x)
+            build = time.perf_counter() - start
+            distiller = keras_kd.Distiller(make_student(args.seed), teacher)
+            distiller.compile(optimizer="adam", alpha=ALPHA, temperature=TEMPERATURE)
+            cached = steady_epoch(distiller, x, y, teacher_logits=logits)
             print(
                 f"| {filters[0]}/{filters[1]} ({teacher.count_params():,}) | {count} "
-                f"| {student:.1f} | {online / student:.2f}x | {cached / student:.2f}x "
-                f"| {builtin / student:.2f}x |",
+                f"| {alone:.2f} | {online / alone:.2f}x | {built_in / alone:.2f}x "
+                f"| {cached / alone:.2f}x | {build / alone:.2f}x |",
                 flush=True,
             )
 
@@ -402,7 +551,12 @@ def main():
     parser.add_argument("--teacher-epochs", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-scaling", action="store_true")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--memory-row", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.memory_row:
+        memory_row(args, args.memory_row)
+        return
     (x, y), (x_test, y_test) = keras_kd.datasets.load_mnist(num_train=args.num_train)
     machine = platform.processor() or platform.machine()
     print(
@@ -410,6 +564,8 @@ def main():
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
     main_table(args, x, y, x_test, y_test)
+    if not args.no_memory:
+        memory_table(args)
     if not args.no_scaling:
         scaling_table(args, *keras_kd.datasets.load_mnist()[0])
 
