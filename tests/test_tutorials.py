@@ -39,6 +39,8 @@ def test_the_tutorials_exist():
         "02_temperature_and_alpha",
         "03_teacher_to_phone",
         "04_cached_teacher_outputs",
+        "05_several_teachers_and_label_merging",
+        "06_scaling_out_with_tf_distribute",
     } <= names
     readme = (TUTORIALS / "README.md").read_text()
     for path in NOTEBOOKS:
