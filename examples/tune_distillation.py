@@ -7,7 +7,7 @@ KerasTuner pick T and alpha by the student's validation accuracy. The search
 holds out the last 1,000 of the 5,000 training images for validation and
 never looks at the test set; the best student is scored on it at the end.
 
-Needs KerasTuner (`pip install keras-tuner tensorboard`). Each trial trains the student
+Needs KerasTuner (`pip install -e ".[tune]"`). Each trial trains the student
 once with the teacher online, so keep `--max-trials` and `--epochs` small on
 a CPU:
 
@@ -38,7 +38,7 @@ def import_keras_tuner():
     except ImportError as error:
         raise ImportError(
             "examples/tune_distillation.py needs KerasTuner and TensorBoard: "
-            "`pip install keras-tuner tensorboard`."
+            '`pip install -e ".[tune]"` (keras-tuner and tensorboard).'
         ) from error
     return keras_tuner
 
