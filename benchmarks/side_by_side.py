@@ -22,6 +22,7 @@ epochs (the first, which traces, excluded).
 
     python benchmarks/side_by_side.py                 # about 30 minutes on 2 cores
     python benchmarks/side_by_side.py --epochs 2 --num-train 1000 --no-scaling  # smoke
+    python benchmarks/side_by_side.py --only scaling  # or --only main, --only memory
 
 PyTorch rows need `pip install -e .[bench]`; without torch they are skipped.
 """
@@ -553,6 +554,12 @@ def main():
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-scaling", action="store_true")
     parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument(
+        "--only",
+        choices=["main", "memory", "scaling"],
+        default=None,
+        help="run one table only",
+    )
     parser.add_argument("--memory-row", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.memory_row:
@@ -564,10 +571,11 @@ def main():
         f"{time.strftime('%Y-%m-%d')}, {machine}, {os.cpu_count()} cores, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
-    main_table(args, x, y, x_test, y_test)
-    if not args.no_memory:
+    if args.only in (None, "main"):
+        main_table(args, x, y, x_test, y_test)
+    if args.only == "memory" or (args.only is None and not args.no_memory):
         memory_table(args)
-    if not args.no_scaling:
+    if args.only == "scaling" or (args.only is None and not args.no_scaling):
         scaling_table(args, *keras_kd.datasets.load_mnist()[0])
 
 
