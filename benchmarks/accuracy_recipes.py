@@ -32,6 +32,11 @@ same augmentation and budget) is printed at the end and can be rebuilt from
 the file with `--table-only`.
 
     python benchmarks/accuracy_recipes.py --seeds 0 1 2 --budgets 20 60
+
+`--student convnet` swaps the MLP for a small convnet
+(`mnist_convnet((8, 16), units=32)`, a student close to its teacher);
+`--teacher-filters` and `--teacher-units` change the teacher (give each
+teacher its own `--teacher-path`).
 """
 
 import argparse
@@ -69,6 +74,16 @@ def parse_args(argv=None):
         "--few-epochs", type=int, default=None, help="default: the first budget"
     )
     parser.add_argument("--teacher-epochs", type=int, default=30)
+    parser.add_argument(
+        "--teacher-filters", type=int, nargs=2, default=[16, 32], metavar=("F1", "F2")
+    )
+    parser.add_argument("--teacher-units", type=int, default=64)
+    parser.add_argument(
+        "--student",
+        choices=["mlp", "convnet"],
+        default="mlp",
+        help="mlp: MLP(100, 100); convnet: mnist_convnet((8, 16), units=32)",
+    )
     parser.add_argument("--teacher-path", default="artifacts/bench/teacher.weights.h5")
     parser.add_argument("--temperature", type=float, default=4.0)
     parser.add_argument("--alpha", type=float, default=0.1)
@@ -107,7 +122,9 @@ def test_accuracy(student, test):
 
 def get_teacher(args, train, test):
     keras.utils.set_random_seed(0)
-    teacher = keras_kd.models.mnist_convnet((16, 32), units=64, name="teacher")
+    teacher = keras_kd.models.mnist_convnet(
+        tuple(args.teacher_filters), units=args.teacher_units, name="teacher"
+    )
     if os.path.exists(args.teacher_path):
         teacher.load_weights(args.teacher_path)
         return teacher, test_accuracy(teacher, test)
@@ -123,8 +140,14 @@ def get_teacher(args, train, test):
     return teacher, test_accuracy(teacher, test)
 
 
+def make_student(args):
+    if args.student == "convnet":
+        return keras_kd.models.mnist_convnet((8, 16), units=32, name="student")
+    return keras_kd.models.mnist_mlp((100, 100), name="student")
+
+
 def train_scratch(args, x, y, epochs, seed, augment):
-    student = keras_kd.models.mnist_mlp((100, 100))
+    student = make_student(args)
     model = keras.Sequential([shift(args, seed), student]) if augment else student
     steps = epochs * int(np.ceil(len(x) / args.batch_size))
     model.compile(
@@ -136,7 +159,7 @@ def train_scratch(args, x, y, epochs, seed, augment):
 
 
 def train_kd(args, teacher, x, y, epochs, seed, augment, mixup=False, cache=False):
-    student = keras_kd.models.mnist_mlp((100, 100))
+    student = make_student(args)
     distiller = keras_kd.Distiller(
         student,
         teacher,
@@ -255,6 +278,7 @@ def main(argv=None):
                 "mixup_alpha": args.mixup_alpha,
                 "shift": args.shift,
                 "labeled": args.labeled,
+                "student": args.student,
             }
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as f:
