@@ -215,15 +215,26 @@ def run(args, config, seed, epochs, teacher, train, test):
     return test_accuracy(student, test)
 
 
-def table(rows, teacher_accuracy):
+def teacher_name(args):
+    first, second = args.teacher_filters
+    return f"mnist_convnet(({first}, {second}), {args.teacher_units})"
+
+
+def table(rows, teacher_accuracy, args):
+    """The runs of `rows` made with this student and teacher, over seeds."""
     results = {}
     for row in rows:
+        if row.get("student", "mlp") != args.student:
+            continue
+        if row.get("teacher", "mnist_convnet((16, 32), 64)") != teacher_name(args):
+            continue
         name = row["config"]
         if "kd" in name or "soft" in name:
             name += f" (T={row['temperature']:g}, alpha={row['alpha']:g})"
         results.setdefault((name, row["epochs"]), {})[row["seed"]] = row["accuracy"]
     lines = [
-        f"teacher (mnist_convnet((16, 32), 64), trained once): {teacher_accuracy:.4f}",
+        f"student {args.student}; teacher {teacher_name(args)}, trained once: "
+        f"{teacher_accuracy:.4f}",
         "",
         "| run | epochs | seeds | test accuracy (mean ± std) | gap recovered |",
         "|---|---|---|---|---|",
@@ -279,6 +290,7 @@ def main(argv=None):
                 "shift": args.shift,
                 "labeled": args.labeled,
                 "student": args.student,
+                "teacher": teacher_name(args),
             }
             print(json.dumps(row), flush=True)
             with open(args.out, "a") as f:
@@ -287,7 +299,7 @@ def main(argv=None):
     for path in [args.out, *args.also]:
         with open(path) as f:
             rows += [json.loads(line) for line in f if line.strip()]
-    print(table(rows, teacher_accuracy))
+    print(table(rows, teacher_accuracy, args))
 
 
 if __name__ == "__main__":
