@@ -18,11 +18,13 @@ Offline by default: it uses the real MNIST split bundled with keras_kd (5,000
 training images, the official 10,000 test images). `--dataset tfds` uses the
 full MNIST through `tensorflow_datasets` when the machine is online.
 
+    pip install -e ".[export]"                       # LiteRT, verifies the TFLite files
     python examples/distill_mnist.py                 # about 5 minutes on 2 cores
     python examples/distill_mnist.py --seeds 0 1 2   # mean and spread, for RESULTS.md
 """
 
 import argparse
+import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -133,6 +135,13 @@ def run_seed(seed, args, data):
 
 def main(argv=None):
     args = parse_args(argv)
+    if importlib.util.find_spec("ai_edge_litert") is None:
+        # Fail before training, not after it: the export step verifies the
+        # `.tflite` files with LiteRT.
+        raise SystemExit(
+            "This example ends by exporting and verifying TFLite files, which "
+            'needs LiteRT: pip install -e ".[export]" (ai-edge-litert).'
+        )
     data = keras_kd.datasets.load_mnist(args.dataset)
     print(
         f"MNIST ({args.dataset}): {len(data[0][0])} training, {len(data[1][0])} "
