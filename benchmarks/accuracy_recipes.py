@@ -220,13 +220,17 @@ def teacher_name(args):
     return f"mnist_convnet(({first}, {second}), {args.teacher_units})"
 
 
+DEFAULT_TEACHER = teacher_name(parse_args([]))
+
+
 def table(rows, teacher_accuracy, args):
     """The runs of `rows` made with this student and teacher, over seeds."""
     results = {}
     for row in rows:
         if row.get("student", "mlp") != args.student:
             continue
-        if row.get("teacher", "mnist_convnet((16, 32), 64)") != teacher_name(args):
+        # Rows written before the flags existed were all made with the defaults.
+        if row.get("teacher", DEFAULT_TEACHER) != teacher_name(args):
             continue
         name = row["config"]
         if "kd" in name or "soft" in name:

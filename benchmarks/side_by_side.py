@@ -575,11 +575,16 @@ def main():
         f"{time.strftime('%Y-%m-%d')}, {machine}, {os.cpu_count()} cores, "
         f"TensorFlow {tf.__version__}, Keras {keras.__version__}"
     )
-    if args.only in (None, "main"):
+    tables = {args.only} if args.only else {"main", "memory", "scaling"}
+    if args.no_memory:
+        tables.discard("memory")
+    if args.no_scaling:
+        tables.discard("scaling")
+    if "main" in tables:
         main_table(args, x, y, x_test, y_test)
-    if args.only == "memory" or (args.only is None and not args.no_memory):
+    if "memory" in tables:
         memory_table(args)
-    if args.only == "scaling" or (args.only is None and not args.no_scaling):
+    if "scaling" in tables:
         scaling_table(args, *keras_kd.datasets.load_mnist()[0])
 
 

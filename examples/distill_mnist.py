@@ -24,7 +24,6 @@ full MNIST through `tensorflow_datasets` when the machine is online.
 """
 
 import argparse
-import importlib.util
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -135,13 +134,7 @@ def run_seed(seed, args, data):
 
 def main(argv=None):
     args = parse_args(argv)
-    if importlib.util.find_spec("ai_edge_litert") is None:
-        # Fail before training, not after it: the export step verifies the
-        # `.tflite` files with LiteRT.
-        raise SystemExit(
-            "This example ends by exporting and verifying TFLite files, which "
-            'needs LiteRT: pip install -e ".[export]" (ai-edge-litert).'
-        )
+    keras_kd.export.require_litert()  # the export at the end needs it: fail now
     data = keras_kd.datasets.load_mnist(args.dataset)
     print(
         f"MNIST ({args.dataset}): {len(data[0][0])} training, {len(data[1][0])} "

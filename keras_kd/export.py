@@ -692,7 +692,7 @@ def export_student(
         x_verify = _as_examples(verify_data, student, 10**9, "verify_data")
         expected = _keras_outputs(student, x_verify)
     if wants_tflite and x_verify is not None:
-        _interpreter_available()
+        require_litert()
     directory = _prepare_directory(directory)
 
     result = ExportResult(
@@ -743,7 +743,13 @@ def export_student(
     return result
 
 
-def _interpreter_available():
+def require_litert():
+    """Raises `ImportError`, saying how to install it, if LiteRT is missing.
+
+    `export_student` and `compression_report` run the `.tflite` files they
+    write with the LiteRT interpreter (`ai-edge-litert`); call this first to
+    fail before a long training rather than after it.
+    """
     try:
         import ai_edge_litert.interpreter  # noqa: F401
     except ImportError as error:

@@ -17,11 +17,11 @@ import tensorflow as tf
 
 from keras_kd.export import (
     _interpreter,
-    _interpreter_available,
     _keras_outputs,
     _quantize,
     _student_of,
     export_student,
+    require_litert,
     tflite_predict,
 )
 
@@ -154,7 +154,7 @@ def compression_report(
         raise ValueError(
             f"`latency_runs` must be an integer >= 1, got {latency_runs!r}."
         )
-    _interpreter_available()
+    require_litert()
     quantizations = ("float32", "int8") if representative_data is not None else ()
     quantizations = quantizations or ("float32",)
     x_test = np.asarray(x_test, dtype="float32")

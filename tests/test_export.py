@@ -370,6 +370,8 @@ def test_missing_litert_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     with pytest.raises(ImportError, match=r"pip install keras-kd\[export\]"):
         export.tflite_predict(tflite_bytes, np.zeros((1, 2)))
+    with pytest.raises(ImportError, match=r"pip install keras-kd\[export\]"):
+        export.require_litert()  # what examples call before they train
 
 
 # Compression report.
