@@ -21,24 +21,25 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_kd._validation import as_float
+
 # Marsaglia-Tsang accepts a proposal with probability > 0.95 for shapes >= 1:
 # 32 proposals all fail with probability < 1e-40.
 _GAMMA_PROPOSALS = 32
 
 
 def check_mixup_alpha(mixup_alpha):
-    """Raises `ValueError` unless `mixup_alpha` is `None` or a finite number > 0."""
+    """`None`, or `mixup_alpha` as a float; `ValueError` unless finite and > 0."""
     if mixup_alpha is None:
-        return
-    if isinstance(mixup_alpha, bool) or not isinstance(mixup_alpha, (int, float)):
-        raise ValueError(
-            f"`mixup_alpha` must be None or a number > 0, got {mixup_alpha!r}."
-        )
-    if not (mixup_alpha > 0 and math.isfinite(mixup_alpha)):
-        raise ValueError(
-            "`mixup_alpha` must be a finite number > 0 (the Beta(a, a) "
-            f"concentration; 0.1 to 0.4 is usual) or None, got {mixup_alpha!r}."
-        )
+        return None
+    accepted = (
+        "None or a finite number > 0 (the Beta(a, a) concentration; 0.1 to 0.4 "
+        "is usual)"
+    )
+    value = as_float(mixup_alpha, "mixup_alpha", accepted)
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"`mixup_alpha` must be {accepted}, got {mixup_alpha!r}.")
+    return value
 
 
 def _log_gamma_sample(concentration, seed):

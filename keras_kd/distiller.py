@@ -5,6 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd import _distribute, _training
 from keras_kd import augmentation as kd_augmentation
 from keras_kd import feature_losses as kd_feature_losses
 from keras_kd import features as kd_features
@@ -84,45 +85,22 @@ def _softmax_message(role):
     )
 
 
-def _per_example(values, batch_size):
-    """Brings a loss function's output to shape `(batch,)`, float32."""
-    values = ops.cast(values, "float32")
-    rank = len(values.shape)
-    if rank == 0:
-        return ops.broadcast_to(values, (batch_size,))
-    if rank > 1:
-        return ops.mean(values, axis=tuple(range(1, rank)))
-    return values
+def _first(structure):
+    return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], structure)
 
 
-def _serialize_model(model):
-    """Serializes a sub-model without its own compile state.
+def _probe_batch(x, y=None):
+    """`(inputs, labels)` to check models and data eagerly before `fit`.
 
-    The distiller's optimizer trains the student; an optimizer left over from
-    compiling the teacher or the student on their own would be restored empty
-    and only produce warnings on `load_model`.
-    """
-    config = keras.saving.serialize_keras_object(model)
-    config.pop("compile_config", None)
-    return config
-
-
-def _call_unreduced(loss_fn, y_true, y_pred):
-    if isinstance(loss_fn, keras.losses.Loss):
-        return loss_fn.call(y_true, y_pred)
-    return loss_fn(y_true, y_pred)
-
-
-def _probe_batch(x):
-    """A few examples of the transfer set, to check models and data eagerly.
-
-    Returns `None` when the data cannot be peeked at without consuming it (a
-    Python generator). Raises `ValueError` when the data is empty.
+    `inputs` holds a few examples; `labels` all of an array's labels, or the
+    first batch's of a dataset. Returns `None` when the data cannot be peeked
+    at without consuming it (a Python generator). Raises `ValueError` when
+    the data is empty.
     """
     if isinstance(x, tf.data.Dataset):
         for batch in x.take(1):
-            inputs, _, _ = keras.utils.unpack_x_y_sample_weight(batch)
-            return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], inputs)
+            inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            return _first(inputs), labels
         raise ValueError(
             "The dataset passed to `fit` is empty: it yielded no batch. Check "
             "the pipeline (a `filter`, `take` or `skip` may remove everything)."
@@ -130,8 +108,8 @@ def _probe_batch(x):
     if isinstance(x, keras.utils.PyDataset):
         if len(x) == 0:
             raise ValueError("The `PyDataset` passed to `fit` is empty (len 0).")
-        inputs, _, _ = keras.utils.unpack_x_y_sample_weight(x[0])
-        return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], inputs)
+        inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(x[0])
+        return _first(inputs), labels
     if x is None:
         raise ValueError("`fit` needs data: got `x=None`.")
     leaves = keras.tree.flatten(x)
@@ -141,80 +119,8 @@ def _probe_batch(x):
                 "The data passed to `fit` is empty: "
                 f"inputs with shapes {[tuple(leaf.shape) for leaf in leaves]}."
             )
-        return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], x)
+        return _first(x), y
     return None
-
-
-def _tf_variable(variable):
-    """The `tf.Variable` behind a Keras variable (itself on other backends)."""
-    return getattr(variable, "value", variable)
-
-
-def _outside_scope(strategy, variables):
-    """Paths of the variables that `strategy` did not create."""
-    return [
-        getattr(v, "path", getattr(v, "name", "?"))
-        for v in variables
-        if not strategy.extended.variable_created_in_scope(_tf_variable(v))
-    ]
-
-
-def _scope_message(subject, strategy, paths):
-    name = type(strategy).__name__
-    return (
-        f"{subject} created outside the scope of the `{name}` the distiller "
-        f"trains under ({', '.join(paths[:3])}{', ...' if len(paths) > 3 else ''}). "
-        "Create the teacher, the student and the Distiller, and call "
-        "`compile`, inside one `with strategy.scope():` block, and call `fit` "
-        "with the same strategy (for example load a saved teacher with "
-        "`keras.saving.load_model` inside the scope)."
-    )
-
-
-def _in_multi_worker_mode(strategy):
-    return (
-        isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
-        and strategy.extended._in_multi_worker_mode()
-    )
-
-
-def _first_local_value(value):
-    """The first local replica's component of a distributed value, else `value`."""
-    strategy = tf.distribute.get_strategy()
-    if isinstance(value, tf.distribute.DistributedValues):
-        return strategy.experimental_local_results(value)[0]
-    return value
-
-
-def _split_unlabeled(y):
-    """Returns `(labels, mask)`: sparse integer labels below 0 mark no label.
-
-    `mask` is 1.0 for labeled and 0.0 for unlabeled examples, and unlabeled
-    labels are replaced by 0 so that any label loss stays finite; `mask` is
-    `None` for other labels (one-hot, float), which are all taken as given.
-    """
-    if y is None or not isinstance(y, (tf.Tensor, np.ndarray)):
-        return y, None
-    if not keras.backend.standardize_dtype(y.dtype).startswith("int"):
-        return y, None
-    labeled = ops.greater_equal(y, 0)
-    mask = ops.cast(labeled, "float32")
-    if len(mask.shape) > 1:
-        mask = ops.reshape(mask, (ops.shape(mask)[0], -1))[:, 0]
-    return ops.where(labeled, y, ops.zeros_like(y)), mask
-
-
-def _resolve_student_loss(loss_fn):
-    if loss_fn is None:
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-    if isinstance(loss_fn, str):
-        return keras.losses.get(loss_fn)
-    if not callable(loss_fn):
-        raise ValueError(
-            "`student_loss_fn` must be a Keras loss (a `keras.losses.Loss`, a "
-            f"loss function or its name), got {loss_fn!r}."
-        )
-    return loss_fn
 
 
 def _resolve_distillation_loss(loss_fn, temperature):
@@ -248,25 +154,6 @@ def _resolve_augmentation(augmentation):
     )
 
 
-def _cache_message(source):
-    return (
-        f"{source} cannot be combined with `augmentation` or `mixup_alpha`: "
-        "the teacher must see the same randomly augmented inputs as the "
-        "student, and cached logits belong to the un-augmented images. Train "
-        "online (drop the cache: `Distiller.fit(x, y)` runs the teacher on "
-        "every batch), or build the Distiller without augmentation."
-    )
-
-
-def _feature_cache_message(source):
-    return (
-        f"{source} cannot be combined with `feature_losses`: they compare the "
-        "teacher's intermediate layers, which only an online teacher computes. "
-        "Train online (`Distiller.fit(x, y)` runs the teacher on every batch), "
-        "or compile without `feature_losses`."
-    )
-
-
 def _resolve_feature_losses(feature_losses):
     if feature_losses is None:
         return []
@@ -283,40 +170,14 @@ def _resolve_feature_losses(feature_losses):
     )
 
 
-def _example_weights(sample_weight, batch_size, mixup):
-    """`(weight, mixed_weight)`, float32 `(batch,)`: per example, and per mix.
-
-    The label loss weighs each share of a mixed example by its own weight;
-    the terms computed on the mixed image (distillation, features) use
-    `mixed_weight`, the mix of the two.
-    """
-    weight = ops.ones((batch_size,), "float32")
-    if sample_weight is not None:
-        weight = _per_example(sample_weight, batch_size)
-    if mixup is None:
-        return weight, weight
-    return weight, kd_augmentation.mix_per_example(weight, *mixup)
-
-
 def _adapter_shape(adapter):
     """`(rank of the features, input width, output width)` of an adapter."""
     kernel_shape = tuple(int(d) for d in adapter.kernel.shape)
     return (2 if len(kernel_shape) == 2 else 4, kernel_shape[-2], kernel_shape[-1])
 
 
-def _check_alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(
-            "`alpha` must be in [0, 1]: it weighs the student's label loss, "
-            "and `1 - alpha` the distillation loss. "
-            f"Got alpha={alpha!r}."
-        )
-
-
 @keras.saving.register_keras_serializable(package="keras_kd")
-class Distiller(keras.Model):
+class Distiller(_training.Trainer):
     """Trains a student to match a frozen teacher's softened outputs.
 
     The loss minimised by `fit` is, per example,
@@ -449,12 +310,13 @@ class Distiller(keras.Model):
         teacher_outputs="logits",
         augmentation=None,
         mixup_alpha=None,
+        mixup_seed=None,
         name="distiller",
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
         augmentation = _resolve_augmentation(augmentation)
-        kd_augmentation.check_mixup_alpha(mixup_alpha)
+        mixup_alpha = kd_augmentation.check_mixup_alpha(mixup_alpha)
         _check_model(student, "student")
         _check_model(teacher, "teacher")
         if student is teacher:
@@ -482,23 +344,22 @@ class Distiller(keras.Model):
         self.augmentation = augmentation
         if augmentation is not None:
             augmentation.trainable = False
-        self.mixup_alpha = None if mixup_alpha is None else float(mixup_alpha)
-        # Drawn from NumPy's global generator, which `keras.utils.set_random_seed`
-        # seeds: runs with different seeds mix differently, a resumed run alike.
-        self._mixup_seed = np.int64(np.random.randint(2**31 - 1))
+        self.mixup_alpha = mixup_alpha
+        if mixup_seed is None:
+            # NumPy's global generator, which `keras.utils.set_random_seed`
+            # seeds: runs with different seeds mix differently. Saved in the
+            # config, so that a reloaded distiller mixes as the original.
+            mixup_seed = int(np.random.randint(2**31 - 1))
+        self.mixup_seed = int(mixup_seed)
         self._kd_trackers = (
             keras.metrics.Mean(name="student_loss"),
             keras.metrics.Mean(name="distillation_loss"),
         )
-        self._evaluating = False
         # Adapters are trained with the student but never belong to it; keyed
         # by `feature_adapter_<index of the feature loss>`.
         self.feature_adapters = {}
         self.feature_losses = []
         self._feature_plan = None
-        self.alpha = 0.1
-        self.temperature = 3.0
-        self.student_loss_fn = _resolve_student_loss(None)
         self.distillation_loss_fn = _resolve_distillation_loss(None, self.temperature)
         # The distiller owns no variables of its own: it is built once its
         # models are, which lets `save` and `compile_from_config` restore
@@ -591,13 +452,6 @@ class Distiller(keras.Model):
         )
         ```
         """
-        if kwargs.pop("loss", None) is not None:
-            raise ValueError(
-                "`Distiller.compile` takes `student_loss_fn` for the label loss "
-                "and `distillation_loss_fn` for the teacher term, not `loss`."
-            )
-        kwargs.pop("loss_weights", None)
-        _check_alpha(alpha)
         own_temperature = getattr(distillation_loss_fn, "temperature", None)
         takes_logits = getattr(distillation_loss_fn, "takes_logits", False)
         if takes_logits and own_temperature is not None:
@@ -610,11 +464,7 @@ class Distiller(keras.Model):
             temperature = own_temperature
         if temperature is None:
             temperature = 3.0
-        kd_losses._check_temperature(temperature)
-
-        self.alpha = float(alpha)
-        self.temperature = float(temperature)
-        self.student_loss_fn = _resolve_student_loss(student_loss_fn)
+        kwargs = self._compile_common(student_loss_fn, alpha, temperature, kwargs)
         self.distillation_loss_fn = _resolve_distillation_loss(
             distillation_loss_fn, self.temperature
         )
@@ -671,85 +521,100 @@ class Distiller(keras.Model):
             logits = ops.log(ops.maximum(logits, _MIN_PROBABILITY))
         return ops.stop_gradient(logits)
 
-    def _distillation_per_example(
-        self, teacher_logits, student_logits, labels=None, label_mask=None
-    ):
+    @property
+    def _label_model(self):
+        return self.student
+
+    @property
+    def _trained_models(self):
+        return [self.student]
+
+    @property
+    def _train_trackers(self):
+        plan = self._feature_plan
+        return self._kd_trackers + (() if plan is None else tuple(plan.trackers))
+
+    def _distillation_values(self, teacher_logits, student_logits, targets):
+        """The distillation loss at each position, T² included."""
         loss_fn = self.distillation_loss_fn
         if getattr(loss_fn, "needs_labels", False):
-            # Losses built around the true class (DKD) get the label where
-            # there is one and the teacher's top class elsewhere.
-            target = ops.argmax(teacher_logits, axis=-1)
-            if labels is not None:
-                labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
-                target = ops.cast(target, "int32")
-                if label_mask is not None:
-                    labels = ops.where(ops.cast(label_mask, "bool"), labels, target)
-                target = labels
-            values = loss_fn.call(teacher_logits, student_logits, labels=target)
+            values = loss_fn.call(teacher_logits, student_logits, labels=targets)
         elif getattr(loss_fn, "takes_logits", False):
-            values = _call_unreduced(loss_fn, teacher_logits, student_logits)
+            values = _training.call_unreduced(loss_fn, teacher_logits, student_logits)
         else:
             temperature = self.temperature
-            values = _call_unreduced(
+            values = _training.call_unreduced(
                 loss_fn,
                 ops.softmax(teacher_logits / temperature, axis=-1),
                 ops.softmax(student_logits / temperature, axis=-1),
             ) * (temperature**2)
-        return _per_example(values, ops.shape(student_logits)[0])
+        return _training.at_positions(values, student_logits)
 
-    def _loss_terms(
-        self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup=None
-    ):
-        """Per-replica sums of the weighted label and distillation losses.
+    @staticmethod
+    def _label_targets(teacher_logits, labels, mask, mixup):
+        """The class at each position for label-aware losses (DKD).
 
-        Returns `(student_sum, labeled_count, distillation_sum, local_count)`,
-        all float32 scalars; dividing by a batch size gives means. Examples
-        whose `label_mask` is 0 contribute no label loss. With `mixup =
-        (lam, partners)`, example `i` is the mix of `i` (share `lam`) and
-        `partners[i]`: each share carries its own label loss, label mask and
-        sample weight.
+        The label where there is one (under mixup, the larger share's), the
+        teacher's top class elsewhere.
         """
-        student_logits = ops.cast(y_pred, "float32")
-        batch_size = ops.shape(student_logits)[0]
-        weight, distillation_weight = _example_weights(sample_weight, batch_size, mixup)
-        local_count = ops.cast(batch_size, "float32")
-
-        sparse_labels, sparse_mask = (
-            (y, label_mask) if label_mask is not None else (None, None)
-        )
+        target = ops.cast(ops.argmax(teacher_logits, axis=-1), "int32")
+        if mask is None:
+            return target
         if mixup is not None:
-            lam, partners = mixup
-            if sparse_labels is not None:
-                sparse_labels = kd_augmentation.dominant(sparse_labels, lam, partners)
-                sparse_mask = kd_augmentation.dominant(sparse_mask, lam, partners)
-        distillation = self._distillation_per_example(
-            teacher_logits, student_logits, sparse_labels, sparse_mask
-        )
-        distillation_sum = ops.sum(distillation * distillation_weight)
+            labels = kd_augmentation.dominant(labels, *mixup)
+            mask = kd_augmentation.dominant(mask, *mixup)
+        labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(target))
+        return ops.where(ops.cast(mask, "bool"), labels, target)
+
+    def _logit_terms(self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup):
+        """This replica's sums of the label and distillation terms.
+
+        Returns `(label_sum, labeled, distillation_sum, count, example_weight)`:
+        the weighted sums over positions, the label term's and both terms'
+        shares of the normalizer (see `keras_kd._training`), and the
+        per-example weight `(batch,)` of the feature terms. With `mixup =
+        (lam, partners)`, position `i` mixes example `i` (share `lam`) with
+        `partners[i]`: each share carries its own label, mask and weight.
+        """
+        logits = ops.cast(y_pred, "float32")
+        weights, per_position = _training.position_weights(sample_weight, logits)
+        count = _training.normalizer(weights, per_position)
+
+        def mix(values):
+            if mixup is None:
+                return values
+            return kd_augmentation.mix_per_example(values, *mixup)
+
+        mask = label_mask
+        if mask is not None:
+            mask = _training.at_positions(mask, logits, "label mask")
+        targets = None
+        if getattr(self.distillation_loss_fn, "needs_labels", False):
+            targets = self._label_targets(teacher_logits, y, mask, mixup)
+        distillation = self._distillation_values(teacher_logits, logits, targets)
+        distillation_sum = ops.sum(distillation * mix(weights))
+        example_weight = _training.example_weights(mix(weights))
         if y is None:
-            return ops.zeros(()), ops.zeros(()), distillation_sum, local_count
+            zero = ops.zeros(())
+            return zero, zero, distillation_sum, count, example_weight
 
         def label_loss(labels):
-            return _per_example(
-                _call_unreduced(self.student_loss_fn, labels, student_logits),
-                batch_size,
-            )
+            values = _training.call_unreduced(self.student_loss_fn, labels, logits)
+            return _training.at_positions(values, logits)
 
-        mask = ops.ones((batch_size,), "float32") if label_mask is None else label_mask
-        student = label_loss(y) * mask * weight
-        if mixup is None:
-            labeled_count = local_count if label_mask is None else ops.sum(label_mask)
-            return ops.sum(student), labeled_count, distillation_sum, local_count
-        partner_student = label_loss(ops.take(y, partners, axis=0)) * ops.take(
-            mask * weight, partners, axis=0
-        )
-        student_sum = ops.sum(lam * student + (1.0 - lam) * partner_student)
-        labeled_count = ops.sum(kd_augmentation.mix_per_example(mask, lam, partners))
-        return student_sum, labeled_count, distillation_sum, local_count
+        if mask is None:
+            mask = ops.ones_like(weights)
+        own = mask * weights
+        label = label_loss(y) * own
+        if mixup is not None:
+            lam, partners = mixup
+            partner_share = ops.take(own, partners, axis=0)
+            partner = label_loss(ops.take(y, partners, axis=0)) * partner_share
+            label = lam * label + (1.0 - lam) * partner
+        labeled = ops.sum(mix(own if per_position else mask))
+        return ops.sum(label), labeled, distillation_sum, count, example_weight
 
-    def _feature_terms(
-        self, plan, teacher_features, student_features, sample_weight, mixup
-    ):
+    def _feature_terms(self, plan, teacher_features, student_features, example_weight):
         """`(logs, example_sum, batch_sum)` of the feature losses on one replica.
 
         `example_sum` is the weighted sum over examples of the per-example
@@ -757,8 +622,7 @@ class Distiller(keras.Model):
         holds `(value, count)` per loss for its tracker, unweighted.
         """
         values = plan.values(teacher_features, student_features, self.feature_adapters)
-        batch_size = ops.shape(student_features[None])[0]
-        _, mixed_weight = _example_weights(sample_weight, batch_size, mixup)
+        batch_size = ops.shape(example_weight)[0]
         local_count = ops.cast(batch_size, "float32")
         logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
         for loss, value in zip(plan.losses, values):
@@ -766,7 +630,8 @@ class Distiller(keras.Model):
                 batch_sum += loss.weight * value
                 logs.append((value, ops.ones(())))
             else:
-                total = ops.sum(_per_example(value, batch_size) * mixed_weight)
+                per_example = _training.per_example(value, batch_size)
+                total = ops.sum(per_example * example_weight)
                 example_sum += loss.weight * total
                 logs.append((total / local_count, local_count))
         return logs, example_sum, batch_sum
@@ -778,11 +643,6 @@ class Distiller(keras.Model):
             for variable in adapter.trainable_variables
         ]
 
-    def _regularization_loss(self):
-        if not self.student.losses:
-            return ops.zeros(())
-        return ops.cast(ops.sum(self.student.losses), "float32")
-
     @property
     def _augments(self):
         return self.augmentation is not None or self.mixup_alpha is not None
@@ -790,7 +650,10 @@ class Distiller(keras.Model):
     def _mixup_draw(self, batch_size):
         """`(lam, partners)` for this step; seeded by the step counter."""
         seed = tf.stack(
-            [tf.cast(self.optimizer.iterations, "int64"), tf.constant(self._mixup_seed)]
+            [
+                tf.cast(self.optimizer.iterations, "int64"),
+                tf.constant(self.mixup_seed, "int64"),
+            ]
         )
         return kd_augmentation.sample_mixup(batch_size, self.mixup_alpha, seed)
 
@@ -809,14 +672,12 @@ class Distiller(keras.Model):
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        y, label_mask = _split_unlabeled(y)
+        y, label_mask = _training.split_unlabeled(y)
         x, teacher_logits = split_cached_inputs(x)
-        if teacher_logits is not None and self._augments:
-            raise ValueError(_cache_message("Cached teacher logits"))
-        plan = self._feature_plan
-        if teacher_logits is not None and plan is not None:
-            raise ValueError(_feature_cache_message("Cached teacher logits"))
+        self._check_cacheable(teacher_logits is not None, "Cached teacher logits")
         x, mixup = self.augment(x)
+        plan = self._feature_plan
+        teacher_features = None
         if plan is not None:
             teacher_outputs, teacher_features = plan.teacher(x, training=False)
             teacher_logits = self._as_teacher_logits(teacher_outputs)
@@ -824,132 +685,70 @@ class Distiller(keras.Model):
             teacher_logits = self.teacher_logits(x)
         teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
 
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
         with tf.GradientTape() as tape:
             if plan is None:
                 y_pred = self.student(x, training=True)
             else:
                 y_pred, student_features = plan.student(x, training=True)
-            student_sum, labeled, distillation_sum, local_count = self._loss_terms(
-                y, y_pred, teacher_logits, sample_weight, label_mask, mixup
+            label_sum, labeled, distillation_sum, count, example_weight = (
+                self._logit_terms(
+                    y, y_pred, teacher_logits, sample_weight, label_mask, mixup
+                )
             )
-            weighted_sum = (
-                self.alpha * student_sum + (1.0 - self.alpha) * distillation_sum
-            )
+            logit_sum = self.alpha * label_sum + (1.0 - self.alpha) * distillation_sum
             feature_logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
             if plan is not None:
                 feature_logs, example_sum, batch_sum = self._feature_terms(
-                    plan, teacher_features, student_features, sample_weight, mixup
+                    plan, teacher_features, student_features, example_weight
                 )
-            regularization = self._regularization_loss()
-            global_count = local_count
-            if replicas > 1:
-                global_count = tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, local_count
-                )
-            # Each replica's share of the global-batch mean; the optimizer sums
-            # the replicas' gradients. Batch-level terms are one value per
-            # replica: their share is the mean over replicas.
-            replica_loss = (weighted_sum + example_sum) / global_count + (
-                regularization + batch_sum
-            ) / replicas
+            examples = ops.cast(ops.shape(example_weight)[0], "float32")
+            per_batch = self._regularization_loss() + batch_sum
+            # Each replica's share of the global-batch means; the optimizer
+            # sums the replicas' gradients. Batch-level terms are one value
+            # per replica: their share is the mean over replicas.
+            replica_loss = (
+                ops.divide_no_nan(logit_sum, _distribute.global_sum(count))
+                + example_sum / _distribute.global_sum(examples)
+                + per_batch / _distribute.num_replicas()
+            )
             scaled_loss = self.optimizer.scale_loss(replica_loss)
 
         variables = self.student.trainable_variables + self._adapter_variables()
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
 
-        student_tracker, distillation_tracker = self._kd_trackers
         self._loss_tracker.update_state(
-            (weighted_sum + example_sum) / local_count + regularization + batch_sum,
-            sample_weight=local_count,
+            ops.divide_no_nan(logit_sum, count) + example_sum / examples + per_batch,
+            sample_weight=examples,
         )
-        for tracker, (value, count) in zip(
-            () if plan is None else plan.trackers, feature_logs
-        ):
-            tracker.update_state(value, sample_weight=count)
+        trackers = () if plan is None else plan.trackers
+        for tracker, (value, weight) in zip(trackers, feature_logs):
+            tracker.update_state(value, sample_weight=weight)
+        student_tracker, distillation_tracker = self._kd_trackers
         student_tracker.update_state(
-            ops.divide_no_nan(student_sum, labeled), sample_weight=labeled
+            ops.divide_no_nan(label_sum, labeled), sample_weight=labeled
         )
         distillation_tracker.update_state(
-            distillation_sum / local_count, sample_weight=local_count
+            ops.divide_no_nan(distillation_sum, count), sample_weight=count
         )
         if y is not None:
-            if mixup is not None:
-                y = kd_augmentation.dominant(y, *mixup)
-                if label_mask is not None:
-                    label_mask = kd_augmentation.dominant(label_mask, *mixup)
-                if sample_weight is not None:
-                    sample_weight = kd_augmentation.dominant(sample_weight, *mixup)
-            self._compile_metrics_update(y, y_pred, sample_weight, label_mask)
-        return self._replica_logs(self.get_metrics_result())
-
-    def _replica_logs(self, logs):
-        """Shapes one replica's logs for Keras' cross-replica reduction.
-
-        Across workers, Keras 3 reduces each log with
-        `strategy.reduce("MEAN", value, axis=0)`, which rejects scalars
-        (tensorflow/tensorflow#72388). A vector of one element per replica
-        reduces to the same mean over replicas as on a single machine.
-        """
-        if not _in_multi_worker_mode(tf.distribute.get_strategy()):
-            return logs
-        return {key: ops.reshape(value, (1,)) for key, value in logs.items()}
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        x, _ = split_cached_inputs(x)
-        if y is None:
-            raise ValueError(
-                "`evaluate` scores the student against labels, but the data "
-                "has none. Pass `(x, y)`."
+            self._update_metrics(
+                *self._metric_view(y, y_pred, sample_weight, label_mask, mixup)
             )
-        y_pred = self.student(x, training=False)
-        student_logits = ops.cast(y_pred, "float32")
-        batch_size = ops.shape(student_logits)[0]
-        student = _per_example(
-            _call_unreduced(self.student_loss_fn, y, student_logits), batch_size
-        )
-        if sample_weight is not None:
-            student = student * _per_example(sample_weight, batch_size)
-        self._loss_tracker.update_state(
-            ops.mean(student) + self._regularization_loss(),
-            sample_weight=ops.cast(batch_size, "float32"),
-        )
-        self._compile_metrics_update(y, y_pred, sample_weight)
-        return self._replica_logs(self.get_metrics_result())
+        return _distribute.replica_logs(self.get_metrics_result())
 
-    def _compile_metrics_update(self, y, y_pred, sample_weight, label_mask=None):
-        """Updates the compiled metrics on the labeled examples only.
+    @staticmethod
+    def _metric_view(y, y_pred, sample_weight, label_mask, mixup):
+        """What the metrics score: under mixup, each mix's larger share."""
+        if mixup is None:
+            return y, y_pred, sample_weight, label_mask
 
-        Under XLA, which cannot drop rows, the mask becomes a sample weight:
-        `weighted_metrics` stay exact, plain `metrics` count unlabeled rows.
-        """
-        if self._compile_metrics is None:
-            return
-        if label_mask is not None and self.jit_compile:
-            if sample_weight is not None:
-                label_mask = label_mask * _per_example(sample_weight, ops.shape(y)[0])
-            sample_weight = label_mask
-        elif label_mask is not None:
-            keep = ops.cast(label_mask, "bool")
-            y, y_pred = tf.boolean_mask(y, keep), tf.boolean_mask(y_pred, keep)
-            if sample_weight is not None:
-                sample_weight = tf.boolean_mask(sample_weight, keep)
-        self._compile_metrics.update_state(y, y_pred, sample_weight)
+        def dominant(values):
+            if values is None:
+                return None
+            return kd_augmentation.dominant(values, *mixup)
 
-    @property
-    def metrics(self):
-        metrics = super().metrics
-        if self._compile_metrics is not None and not self._compile_metrics.built:
-            # `fit(x)` without labels never builds the compiled metrics: they
-            # have nothing to score, so they are left out of the logs.
-            metrics = [m for m in metrics if m is not self._compile_metrics]
-        if self._evaluating:
-            return [m for m in metrics if not any(m is t for t in self._kd_trackers)]
-        if self._feature_plan is not None:
-            metrics = metrics + list(self._feature_plan.trackers)
-        return metrics
+        return dominant(y), y_pred, dominant(sample_weight), dominant(label_mask)
 
     def fit(self, x=None, y=None, *args, teacher_logits=None, **kwargs):
         """Trains the student; see `keras.Model.fit`.
@@ -966,15 +765,33 @@ class Distiller(keras.Model):
         shapes of subclassed models and builds their `HintLoss` adapters.
         `y=None` (and datasets without labels) trains on soft targets alone.
         """
+        self._check_cacheable(teacher_logits is not None, "`teacher_logits`")
         if teacher_logits is not None:
-            if self._augments:
-                raise ValueError(_cache_message("`teacher_logits`"))
-            if self._feature_plan is not None:
-                raise ValueError(_feature_cache_message("`teacher_logits`"))
             x = attach_teacher_logits(x, teacher_logits)
         self.check_distribution()
-        self.check_transfer_data(x)
+        self.check_transfer_data(x, y)
         return super().fit(x, y, *args, **kwargs)
+
+    def _check_cacheable(self, cached, source):
+        """`ValueError` if cached teacher outputs meet what needs the teacher."""
+        if not cached:
+            return
+        if self._augments:
+            raise ValueError(
+                f"{source} cannot be combined with `augmentation` or "
+                "`mixup_alpha`: the teacher must see the same randomly augmented "
+                "inputs as the student, and cached logits belong to the "
+                "un-augmented images. Train online (drop the cache: "
+                "`Distiller.fit(x, y)` runs the teacher on every batch), or "
+                "build the Distiller without augmentation."
+            )
+        if self._feature_plan is not None:
+            raise ValueError(
+                f"{source} cannot be combined with `feature_losses`: they compare "
+                "the teacher's intermediate layers, which only an online teacher "
+                "computes. Train online (`Distiller.fit(x, y)` runs the teacher "
+                "on every batch), or compile without `feature_losses`."
+            )
 
     def check_distribution(self):
         """Raises `ValueError` if the student or optimizer has another strategy.
@@ -987,134 +804,82 @@ class Distiller(keras.Model):
         cannot read it, so under `TPUStrategy` it is an error too.
         """
         strategy = self.distribute_strategy
-        paths = _outside_scope(strategy, self.student.variables)
-        if paths:
-            raise ValueError(
-                _scope_message("The student's variables were", strategy, paths)
-            )
-        if isinstance(strategy, tf.distribute.TPUStrategy):
-            paths = _outside_scope(strategy, self.teacher.variables)
-            if paths:
-                raise ValueError(
-                    _scope_message("The teacher's variables were", strategy, paths)
-                )
+        check = _distribute.check_variables
+        check(strategy, self.student.variables, "The student's variables were")
+        if _distribute.is_tpu(strategy):
+            check(strategy, self.teacher.variables, "The teacher's variables were")
         if self.compiled and self.optimizer is not None:
-            paths = _outside_scope(strategy, [self.optimizer.iterations])
-            if paths:
-                raise ValueError(
-                    _scope_message(
-                        "The optimizer (made by `compile`) was", strategy, paths
-                    )
-                )
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3 averages the first distributed batch with one
-        # `strategy.reduce` call on the whole `(x, y, sample_weight)` structure,
-        # which `MultiWorkerMirroredStrategy` rejects; building only needs the
-        # shapes, which the first local replica's batch has.
-        if iterator is not None and self._distribute_strategy is not None:
-            for _, _, it in iterator:
-                with self.distribute_strategy.scope():
-                    data_batch = keras.tree.map_structure(_first_local_value, next(it))
-                break
-        return super()._maybe_symbolic_build(data_batch=data_batch)
-
-    def check_transfer_data(self, x):
-        """Raises `ValueError` if `x` is empty or the models do not fit it.
-
-        With `feature_losses`, also checks the features of a few examples and
-        builds the `HintLoss` adapters that the static shapes could not
-        (subclassed models); call it on one batch before `fit` when `fit`
-        gets a Python generator, which cannot be read ahead.
-        """
-        probe = _probe_batch(x)
-        if probe is None or isinstance(
-            tf.distribute.get_strategy(), tf.distribute.TPUStrategy
-        ):
-            return
-        inputs, teacher_logits = split_cached_inputs(probe)
-        if teacher_logits is not None and self._augments:
-            raise ValueError(_cache_message("A dataset of cached teacher logits"))
-        plan = self._feature_plan
-        if teacher_logits is not None and plan is not None:
-            raise ValueError(
-                _feature_cache_message("A dataset of cached teacher logits")
+            check(
+                strategy,
+                [self.optimizer.iterations],
+                "The optimizer (made by `compile`) was",
             )
+
+    def check_transfer_data(self, x, y=None):
+        """Raises `ValueError` if the data is empty or the models do not fit it.
+
+        A few examples go through the teacher and the student, eagerly: a
+        model that fails on them is named with the input shapes; labels are
+        checked against the class count and the outputs' positions (all of an
+        array's labels, the first batch of a dataset's). With
+        `feature_losses`, also checks the features and builds the `HintLoss`
+        adapters that the static shapes could not (subclassed models); call
+        it on one batch before `fit` when `fit` gets a Python generator,
+        which cannot be read ahead.
+        """
+        probe = _probe_batch(x, y)
+        if probe is None or _distribute.is_tpu(tf.distribute.get_strategy()):
+            return
+        inputs, labels = probe
+        inputs, teacher_logits = split_cached_inputs(inputs)
+        self._check_cacheable(
+            teacher_logits is not None, "A dataset of cached teacher logits"
+        )
         if self.augmentation is not None:
             inputs = self.augmentation(inputs, training=True)
+        plan = self._feature_plan
+        teacher = self.teacher if plan is None else plan.teacher
+        student = self.student if plan is None else plan.student
+        if teacher_logits is None:
+            teacher_logits = _training.forward(teacher, inputs, "teacher")
+        student_logits = _training.forward(student, inputs, "student")
         if plan is not None:
-            teacher_logits, teacher_features = plan.teacher(inputs, training=False)
-            student_logits, student_features = plan.student(inputs, training=False)
+            (teacher_logits, teacher_features) = teacher_logits
+            (student_logits, student_features) = student_logits
             self._build_adapters(
                 plan.adapter_widths(teacher_features, student_features)
             )
-        elif teacher_logits is None:
-            teacher_logits = self.teacher(inputs, training=False)
         if self.teacher_outputs == "logits" and _looks_like_probabilities(
             teacher_logits
         ):
             raise ValueError(_softmax_message("teacher"))
-        if plan is None:
-            student_logits = self.student(inputs, training=False)
         if _looks_like_probabilities(student_logits):
             raise ValueError(_softmax_message("student"))
         self._check_class_counts(student_logits.shape[-1], teacher_logits.shape[-1])
-
-    def evaluate(self, *args, **kwargs):
-        """Evaluates the student alone (the teacher is not run).
-
-        Reports the student's label loss (plus its regularization losses) and
-        the compiled metrics, as `student.evaluate` would.
-        """
-        self._evaluating = True
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self._evaluating = False
+        _training.check_labels(labels, student_logits)
 
     def get_config(self):
         config = super().get_config()
         config.update(
             {
-                "student": _serialize_model(self.student),
-                "teacher": _serialize_model(self.teacher),
+                "student": _training.serialize_model(self.student),
+                "teacher": _training.serialize_model(self.teacher),
                 "teacher_outputs": self.teacher_outputs,
-                "augmentation": None
-                if self.augmentation is None
-                else _serialize_model(self.augmentation),
+                "augmentation": _training.serialize_model(self.augmentation),
                 "mixup_alpha": self.mixup_alpha,
+                "mixup_seed": self.mixup_seed,
             }
         )
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        for role in ("student", "teacher", "augmentation"):
-            if config.get(role) is None:
-                continue
-            config[role] = keras.saving.deserialize_keras_object(
-                config[role], custom_objects=custom_objects
-            )
-        return cls(**config)
+        roles = ("student", "teacher", "augmentation")
+        return cls(**_training.deserialize_models(config, roles, custom_objects))
 
-    def get_compile_config(self):
-        if not self.compiled:
-            return {}
+    def _own_compile_config(self):
         serialize = keras.saving.serialize_keras_object
-        config = {
-            "optimizer": serialize(self.optimizer),
-            "metrics": serialize(self._compile_config.config.get("metrics")),
-            "weighted_metrics": serialize(
-                self._compile_config.config.get("weighted_metrics")
-            ),
-            "student_loss_fn": serialize(self.student_loss_fn),
-            "distillation_loss_fn": serialize(self.distillation_loss_fn),
-            "alpha": self.alpha,
-            "temperature": self.temperature,
-            "steps_per_execution": self.steps_per_execution,
-            "jit_compile": self.jit_compile,
-        }
+        config = {"distillation_loss_fn": serialize(self.distillation_loss_fn)}
         if self.feature_losses:
             config["feature_losses"] = serialize(self.feature_losses)
             # Adapters built from the first batch (subclassed models) cannot be
@@ -1125,24 +890,16 @@ class Distiller(keras.Model):
             }
         return config
 
-    def compile_from_config(self, config):
-        config = dict(config)
-        adapter_shapes = config.pop("feature_adapter_shapes", None) or {}
-        config = {
-            key: keras.saving.deserialize_keras_object(value)
-            if isinstance(value, (dict, list))
-            else value
-            for key, value in config.items()
-        }
-        self.compile(**config)
+    _compile_state_keys = ("feature_adapter_shapes",)
+
+    def _restore_compile_state(self, state):
+        shapes = state["feature_adapter_shapes"] or {}
         self._build_adapters(
             {
                 int(name.rsplit("_", 1)[1]): (
                     (None,) * (rank - 1) + (input_width,),
                     output_width,
                 )
-                for name, (rank, input_width, output_width) in adapter_shapes.items()
+                for name, (rank, input_width, output_width) in shapes.items()
             }
         )
-        if self.built:
-            self.optimizer.build(self.trainable_variables)

@@ -23,20 +23,12 @@ All math runs in float32, whatever the input dtype.
 import keras
 from keras import ops
 
+from keras_kd._validation import check_nonnegative
+
 # Floor of the squared pairwise distances before their square root, as in the
 # RKD authors' code: keeps the gradient finite where two examples coincide.
 _EPSILON = 1e-12
 _ADAPTED_RANKS = {2: "Dense", 4: "Conv2D 1x1"}
-
-
-def _check_nonnegative(value, name="weight"):
-    """Raises `ValueError` unless `value` is a finite number >= 0 (a weight)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"`{name}` must be a number >= 0, got {value!r}.")
-    if not 0.0 <= value < float("inf"):
-        raise ValueError(
-            f"`{name}` must be a finite number >= 0 (a weight), got {value!r}."
-        )
 
 
 def _check_layer_name(value, name):
@@ -371,7 +363,7 @@ class FeatureLoss(keras.losses.Loss):
     ):
         _check_layer_name(teacher_layer_name, "teacher_layer_name")
         _check_layer_name(student_layer_name, "student_layer_name")
-        _check_nonnegative(weight)
+        weight = check_nonnegative(weight)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.teacher_layer_name = teacher_layer_name
         self.student_layer_name = student_layer_name
@@ -521,8 +513,10 @@ class AttentionTransfer(FeatureLoss):
             `None`, the teacher's output.
         student_layer_name: Name of the student's conv layer. Defaults to
             `None`, the student's output.
-        weight: Weight of this term, >= 0. Defaults to `500.0`: `β/2` with the
-            paper's `β = 1000`, which the authors' code applies to this mean.
+        weight: Weight of this term, >= 0. Defaults to `1000.0`, the `β`
+            that RepDistiller and mdistiller multiply this mean by (the AT
+            rows of their CIFAR tables). In keras_kd 0.1 the default was
+            `500.0`.
         p: Exponent of the activations, > 0. Defaults to `2`.
         reduction: Keras loss reduction, for standalone use. Defaults to
             `"sum_over_batch_size"`.
@@ -551,7 +545,7 @@ class AttentionTransfer(FeatureLoss):
         self,
         teacher_layer_name=None,
         student_layer_name=None,
-        weight=500.0,
+        weight=1000.0,
         p=2,
         reduction="sum_over_batch_size",
         name="attention_transfer",
@@ -630,8 +624,8 @@ class RKD(FeatureLoss):
         name="rkd",
         dtype="float32",
     ):
-        _check_nonnegative(distance_weight, "distance_weight")
-        _check_nonnegative(angle_weight, "angle_weight")
+        distance_weight = check_nonnegative(distance_weight, "distance_weight")
+        angle_weight = check_nonnegative(angle_weight, "angle_weight")
         super().__init__(
             teacher_layer_name, student_layer_name, weight, reduction, name, dtype
         )

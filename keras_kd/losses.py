@@ -4,7 +4,8 @@ The logits losses (KD, DKD) are defined here; the feature and relation losses
 (`HintLoss`, `AttentionTransfer`, `RKD`, `SimilarityPreserving` and their
 functions) in `keras_kd.feature_losses`, and re-exported here.
 
-Every function here returns one value per example (shape `(batch,)`), like
+Every function here takes logits `(batch, ..., classes)` and returns one value
+per position (shape `(batch, ...)`), like
 `keras.losses.sparse_categorical_crossentropy`; the Loss classes reduce them
 with the usual Keras `reduction`. All math runs in float32, whatever the input
 dtype, so that mixed-precision logits do not overflow in `exp`.
@@ -12,6 +13,8 @@ dtype, so that mixed-precision logits do not overflow in `exp`.
 
 import keras
 from keras import ops
+
+from keras_kd._validation import check_nonnegative, check_temperature
 
 # Losses on intermediate features live in their own module; `keras_kd.losses`
 # is where users find every loss.
@@ -21,7 +24,6 @@ from keras_kd.feature_losses import (  # noqa: F401
     FeatureLoss,
     HintLoss,
     SimilarityPreserving,
-    _check_nonnegative,
     attention_map,
     attention_transfer_loss,
     hint_loss,
@@ -30,17 +32,7 @@ from keras_kd.feature_losses import (  # noqa: F401
     similarity_preserving_loss,
 )
 
-
-def _check_temperature(temperature):
-    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)):
-        raise ValueError(
-            f"`temperature` must be a positive number, got {temperature!r}."
-        )
-    if not temperature > 0 or temperature == float("inf"):
-        raise ValueError(
-            "`temperature` must be a positive, finite number (T > 0; T = 1 is "
-            f"the plain softmax, T = 2 to 20 is usual), got {temperature!r}."
-        )
+_LOG_2 = 0.6931471805599453
 
 
 def tempered_log_softmax(logits, temperature):
@@ -72,12 +64,13 @@ def kd_loss(teacher_logits, student_logits, temperature=3.0):
     `log(0)`.
 
     Args:
-        teacher_logits: Tensor `(batch, num_classes)`, pre-softmax outputs.
-        student_logits: Tensor `(batch, num_classes)`, pre-softmax outputs.
+        teacher_logits: Tensor `(batch, ..., num_classes)`, pre-softmax
+            outputs: `(batch, C)`, `(batch, time, C)`, `(batch, H, W, C)`.
+        student_logits: Tensor of the same shape, pre-softmax outputs.
         temperature: Positive float T. Defaults to `3.0`.
 
     Returns:
-        A float32 tensor of shape `(batch,)`.
+        A float32 tensor of shape `(batch, ...)`: one value per position.
 
     Example:
 
@@ -90,7 +83,7 @@ def kd_loss(teacher_logits, student_logits, temperature=3.0):
         Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
         2015, https://arxiv.org/abs/1503.02531
     """
-    _check_temperature(temperature)
+    temperature = check_temperature(temperature)
     log_p_teacher = tempered_log_softmax(teacher_logits, temperature)
     log_p_student = tempered_log_softmax(student_logits, temperature)
     kl = ops.sum(ops.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
@@ -132,7 +125,7 @@ class KDLoss(keras.losses.Loss):
         name="kd_loss",
         dtype="float32",
     ):
-        _check_temperature(temperature)
+        temperature = check_temperature(temperature)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = temperature
 
@@ -156,6 +149,19 @@ def _check_labels(labels, num_classes):
             f"`labels` must be class indices in [0, {num_classes}), got values "
             f"from {values.min()} to {values.max()}."
         )
+
+
+def _log_one_minus(log_p, log_rest):
+    """`log(1 - p)` from `log p`, accurate for every p.
+
+    Where `p < 1/2`, `log1p(-exp(log p))` keeps the tiny difference from
+    zero; elsewhere `log_rest` (`logsumexp` of the other logits minus the
+    normalizer) is accurate, down to `1 - p` far below float32's epsilon. The
+    `log1p` branch sees `log p <= log(1/2)` only, so its gradient stays finite.
+    """
+    small = ops.less(log_p, -_LOG_2)
+    safe_log_p = ops.minimum(log_p, -_LOG_2)
+    return ops.where(small, ops.log1p(-ops.exp(safe_log_p)), log_rest)
 
 
 def dkd_loss(
@@ -182,9 +188,12 @@ def dkd_loss(
     classes NCKD is 0.
 
     Args:
-        teacher_logits: Tensor `(batch, num_classes)`, pre-softmax outputs.
-        student_logits: Tensor `(batch, num_classes)`, pre-softmax outputs.
-        labels: Integer class indices `(batch,)` or `(batch, 1)`, in
+        teacher_logits: Tensor `(batch, ..., num_classes)`, pre-softmax
+            outputs.
+        student_logits: Tensor `(batch, ..., num_classes)`, pre-softmax
+            outputs.
+        labels: Integer class indices `(batch, ...)` (or `(batch, 1)` for
+            `(batch, num_classes)` logits), in
             `[0, num_classes)`. `keras_kd.Distiller` passes the label where
             there is one and the teacher's top class for unlabeled examples.
         alpha: Weight of TCKD, >= 0. Defaults to `1.0` (the paper's).
@@ -193,7 +202,7 @@ def dkd_loss(
         temperature: Positive float T. Defaults to `4.0` (the paper's).
 
     Returns:
-        A float32 tensor of shape `(batch,)`.
+        A float32 tensor of shape `(batch, ...)`: one value per position.
 
     Raises:
         ValueError: for a negative `alpha` or `beta`, `temperature <= 0`, or
@@ -209,12 +218,12 @@ def dkd_loss(
         Zhao, Cui, Song, Qiu, Liang, "Decoupled Knowledge Distillation",
         CVPR 2022, https://arxiv.org/abs/2203.08679
     """
-    _check_temperature(temperature)
-    _check_nonnegative(alpha, "alpha")
-    _check_nonnegative(beta, "beta")
+    temperature = check_temperature(temperature)
+    alpha = check_nonnegative(alpha, "alpha")
+    beta = check_nonnegative(beta, "beta")
     num_classes = student_logits.shape[-1]
     _check_labels(labels, num_classes)
-    labels = ops.reshape(ops.cast(labels, "int32"), (-1,))
+    labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(student_logits)[:-1])
     target = ops.one_hot(labels, num_classes, dtype="float32")
     # A large finite offset, not -inf, keeps the masked logsumexp's gradient
     # free of NaN.
@@ -225,8 +234,8 @@ def dkd_loss(
         log_z = ops.logsumexp(scaled, axis=-1)
         log_other_z = ops.logsumexp(scaled + mask_offset, axis=-1)
         log_target = ops.sum(scaled * target, axis=-1) - log_z  # log p[g]
-        log_other = log_other_z - log_z  # log (1 - p[g])
-        log_q = scaled + mask_offset - log_other_z[:, None]  # log q, non-target
+        log_other = _log_one_minus(log_target, log_other_z - log_z)
+        log_q = scaled + mask_offset - log_other_z[..., None]  # log q, non-target
         return log_target, log_other, log_q
 
     t_target, t_other, t_q = parts(teacher_logits)
@@ -288,9 +297,9 @@ class DKD(keras.losses.Loss):
         name="dkd",
         dtype="float32",
     ):
-        _check_temperature(temperature)
-        _check_nonnegative(alpha, "alpha")
-        _check_nonnegative(beta, "beta")
+        temperature = check_temperature(temperature)
+        alpha = check_nonnegative(alpha, "alpha")
+        beta = check_nonnegative(beta, "beta")
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.alpha = alpha
         self.beta = beta

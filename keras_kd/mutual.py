@@ -4,54 +4,12 @@ import keras
 import tensorflow as tf
 from keras import ops
 
+from keras_kd import _distribute, _training
 from keras_kd import losses as kd_losses
 
 
-def _check_alpha(alpha):
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
-        raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}.")
-    if not 0.0 <= alpha <= 1.0:
-        raise ValueError(
-            "`alpha` must be in [0, 1]: it weighs each student's label loss, "
-            f"and `1 - alpha` the mutual KL term. Got alpha={alpha!r}."
-        )
-
-
-def _per_example(values, batch_size):
-    values = ops.cast(values, "float32")
-    rank = len(values.shape)
-    if rank == 0:
-        return ops.broadcast_to(values, (batch_size,))
-    if rank > 1:
-        return ops.mean(values, axis=tuple(range(1, rank)))
-    return values
-
-
-def _call_unreduced(loss_fn, y_true, y_pred):
-    if isinstance(loss_fn, keras.losses.Loss):
-        return loss_fn.call(y_true, y_pred)
-    return loss_fn(y_true, y_pred)
-
-
-def _split_unlabeled(y):
-    """`(labels, mask)`: sparse integer labels below 0 mark unlabeled examples."""
-    if not keras.backend.standardize_dtype(y.dtype).startswith("int"):
-        return y, None
-    labeled = ops.greater_equal(y, 0)
-    mask = ops.cast(labeled, "float32")
-    if len(mask.shape) > 1:
-        mask = ops.reshape(mask, (ops.shape(mask)[0], -1))[:, 0]
-    return ops.where(labeled, y, ops.zeros_like(y)), mask
-
-
-def _serialize_model(model):
-    config = keras.saving.serialize_keras_object(model)
-    config.pop("compile_config", None)
-    return config
-
-
 @keras.saving.register_keras_serializable(package="keras_kd")
-class MutualLearning(keras.Model):
+class MutualLearning(_training.Trainer):
     """Deep mutual learning: students trained together, each taught by the others.
 
     No pre-trained teacher. On every batch each student `k` minimizes
@@ -129,20 +87,18 @@ class MutualLearning(keras.Model):
                 "models (for example `keras.models.clone_model`)."
             )
         self.students = list(students)
-        self._student_trackers = [
+        self._student_trackers = tuple(
             (
                 keras.metrics.Mean(name=f"student_{k}_loss"),
                 keras.metrics.Mean(name=f"mutual_{k}_loss"),
             )
             for k in range(len(self.students))
-        ]
+        )
         self.alpha = 0.5
         self.temperature = 1.0
-        self.student_loss_fn = keras.losses.SparseCategoricalCrossentropy(
-            from_logits=True
-        )
-        self._evaluating = False
         self.built = True
+
+    _alpha_meaning = "it weighs each student's label loss, and `1 - alpha` the KL"
 
     def compile(
         self,
@@ -166,71 +122,58 @@ class MutualLearning(keras.Model):
                 KL term. Defaults to `0.5` (the paper's equal weights).
             temperature: Softmax temperature T > 0 of the KL term. Defaults
                 to `1.0` (the paper's).
-            **kwargs: Passed to `keras.Model.compile`.
+            **kwargs: Passed to `keras.Model.compile` (`weighted_metrics`,
+                `jit_compile`, `steps_per_execution`, `run_eagerly`).
 
         Raises:
-            ValueError: for `alpha` outside [0, 1], `temperature <= 0`, `loss=`
-                or a non-callable `student_loss_fn`.
+            ValueError: for `alpha` outside [0, 1], `temperature <= 0`, `loss=`,
+                `loss_weights=` or a non-callable `student_loss_fn`.
         """
-        if kwargs.pop("loss", None) is not None:
-            raise ValueError(
-                "`MutualLearning.compile` takes `student_loss_fn` for the label "
-                "loss, not `loss`."
-            )
-        _check_alpha(alpha)
-        kd_losses._check_temperature(temperature)
-        if student_loss_fn is None:
-            student_loss_fn = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True
-            )
-        elif isinstance(student_loss_fn, str):
-            student_loss_fn = keras.losses.get(student_loss_fn)
-        elif not callable(student_loss_fn):
-            raise ValueError(
-                "`student_loss_fn` must be a Keras loss or its name, got "
-                f"{student_loss_fn!r}."
-            )
-        self.alpha = float(alpha)
-        self.temperature = float(temperature)
-        self.student_loss_fn = student_loss_fn
+        kwargs = self._compile_common(student_loss_fn, alpha, temperature, kwargs)
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def call(self, inputs, training=None):
         return self.students[0](inputs, training=training)
 
+    @property
+    def _label_model(self):
+        return self.students[0]
+
+    @property
+    def _trained_models(self):
+        return self.students
+
+    @property
+    def _train_trackers(self):
+        return tuple(tracker for pair in self._student_trackers for tracker in pair)
+
     def _mutual_terms(self, all_logits, y, sample_weight, label_mask):
-        """Per-student weighted sums `(label_sum, kl_sum)`, plus counts."""
-        batch_size = ops.shape(all_logits[0])[0]
-        weight = ops.ones((batch_size,), "float32")
-        if sample_weight is not None:
-            weight = _per_example(sample_weight, batch_size)
+        """Per-student weighted sums `(label_sum, kl_sum)`, plus normalizers.
+
+        Returns `(terms, labeled, count)`: `count` is this replica's share of
+        the normalizer (see `keras_kd._training`), `labeled` the label term's.
+        """
+        first = all_logits[0]
+        weights, per_position = _training.position_weights(sample_weight, first)
+        mask = ops.ones_like(weights)
+        if label_mask is not None:
+            mask = _training.at_positions(label_mask, first, "label mask")
         temperature = self.temperature
         log_probs = [kd_losses.tempered_log_softmax(s, temperature) for s in all_logits]
         probs = [ops.stop_gradient(ops.exp(lp)) for lp in log_probs]
-        count = len(all_logits)
         total = sum(probs[1:], probs[0])
-        labeled = ops.cast(batch_size, "float32")
-        if label_mask is not None:
-            labeled = ops.sum(label_mask)
         terms = []
         for k, (logits, log_p) in enumerate(zip(all_logits, log_probs)):
-            target = (total - probs[k]) / (count - 1)
+            target = (total - probs[k]) / (len(all_logits) - 1)
             # 0 log 0 = 0: classes the others rule out contribute nothing.
             log_target = ops.log(ops.maximum(target, 1e-30))
             kl = ops.sum(target * (log_target - log_p), axis=-1) * temperature**2
-            label = _per_example(
-                _call_unreduced(self.student_loss_fn, y, logits), batch_size
+            label = _training.at_positions(
+                _training.call_unreduced(self.student_loss_fn, y, logits), logits
             )
-            if label_mask is not None:
-                label = label * label_mask
-            terms.append((ops.sum(label * weight), ops.sum(kl * weight)))
-        return terms, labeled, ops.cast(batch_size, "float32")
-
-    def _regularization_loss(self):
-        losses = [loss for s in self.students for loss in s.losses]
-        if not losses:
-            return ops.zeros(())
-        return ops.cast(ops.sum(losses), "float32")
+            terms.append((ops.sum(label * mask * weights), ops.sum(kl * weights)))
+        labeled = _training.normalizer(weights, per_position, mask)
+        return terms, labeled, _training.normalizer(weights, per_position)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -240,13 +183,12 @@ class MutualLearning(keras.Model):
                 "agree on any prediction. Pass `(x, y)`; sparse labels below 0 "
                 "mark unlabeled examples."
             )
-        y, label_mask = _split_unlabeled(y)
-        replicas = tf.distribute.get_strategy().num_replicas_in_sync
+        y, label_mask = _training.split_unlabeled(y)
         with tf.GradientTape() as tape:
             all_logits = [
                 ops.cast(s(x, training=True), "float32") for s in self.students
             ]
-            terms, labeled, local_count = self._mutual_terms(
+            terms, labeled, count = self._mutual_terms(
                 all_logits, y, sample_weight, label_mask
             )
             weighted_sum = sum(
@@ -254,14 +196,12 @@ class MutualLearning(keras.Model):
                 for label_sum, kl_sum in terms
             )
             regularization = self._regularization_loss()
-            global_count = local_count
-            if replicas > 1:
-                global_count = tf.distribute.get_replica_context().all_reduce(
-                    tf.distribute.ReduceOp.SUM, local_count
-                )
             # Each replica's share of the global-batch mean; the optimizer
             # sums the replicas' gradients.
-            replica_loss = weighted_sum / global_count + regularization / replicas
+            replica_loss = (
+                ops.divide_no_nan(weighted_sum, _distribute.global_sum(count))
+                + regularization / _distribute.num_replicas()
+            )
             scaled_loss = self.optimizer.scale_loss(replica_loss)
 
         variables = [v for s in self.students for v in s.trainable_variables]
@@ -269,7 +209,8 @@ class MutualLearning(keras.Model):
         self.optimizer.apply(gradients, variables)
 
         self._loss_tracker.update_state(
-            weighted_sum / local_count + regularization, sample_weight=local_count
+            ops.divide_no_nan(weighted_sum, count) + regularization,
+            sample_weight=count,
         )
         for (label_tracker, kl_tracker), (label_sum, kl_sum) in zip(
             self._student_trackers, terms
@@ -277,98 +218,36 @@ class MutualLearning(keras.Model):
             label_tracker.update_state(
                 ops.divide_no_nan(label_sum, labeled), sample_weight=labeled
             )
-            kl_tracker.update_state(kl_sum / local_count, sample_weight=local_count)
-        self._update_compiled_metrics(y, all_logits[0], sample_weight, label_mask)
-        return self.get_metrics_result()
-
-    def test_step(self, data):
-        x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
-        if y is None:
-            raise ValueError(
-                "`evaluate` scores the first student against labels, but the "
-                "data has none. Pass `(x, y)`."
+            kl_tracker.update_state(
+                ops.divide_no_nan(kl_sum, count), sample_weight=count
             )
-        logits = ops.cast(self.students[0](x, training=False), "float32")
-        batch_size = ops.shape(logits)[0]
-        label = _per_example(
-            _call_unreduced(self.student_loss_fn, y, logits), batch_size
-        )
-        if sample_weight is not None:
-            label = label * _per_example(sample_weight, batch_size)
-        own = self.students[0].losses
-        regularization = ops.cast(ops.sum(own), "float32") if own else ops.zeros(())
-        self._loss_tracker.update_state(
-            ops.mean(label) + regularization,
-            sample_weight=ops.cast(batch_size, "float32"),
-        )
-        self._update_compiled_metrics(y, logits, sample_weight)
-        return self.get_metrics_result()
+        self._update_metrics(y, all_logits[0], sample_weight, label_mask)
+        return _distribute.replica_logs(self.get_metrics_result())
 
-    def _update_compiled_metrics(self, y, y_pred, sample_weight, label_mask=None):
-        if self._compile_metrics is None:
-            return
-        if label_mask is not None and self.jit_compile:
-            # XLA cannot drop rows: unlabeled rows get weight 0, exact for
-            # `weighted_metrics`; plain `metrics` count them.
-            if sample_weight is not None:
-                label_mask = label_mask * _per_example(sample_weight, ops.shape(y)[0])
-            sample_weight = label_mask
-        elif label_mask is not None:
-            keep = ops.cast(label_mask, "bool")
-            y, y_pred = tf.boolean_mask(y, keep), tf.boolean_mask(y_pred, keep)
-            if sample_weight is not None:
-                sample_weight = tf.boolean_mask(sample_weight, keep)
-        self._compile_metrics.update_state(y, y_pred, sample_weight)
+    def fit(self, *args, **kwargs):
+        """Trains the students together; see `keras.Model.fit`.
 
-    @property
-    def metrics(self):
-        metrics = super().metrics
-        if not self._evaluating:
-            return metrics
-        trackers = [m for pair in self._student_trackers for m in pair]
-        return [m for m in metrics if not any(m is t for t in trackers)]
-
-    def evaluate(self, *args, **kwargs):
-        """Evaluates the first student alone; see `keras.Model.evaluate`."""
-        self._evaluating = True
-        try:
-            return super().evaluate(*args, **kwargs)
-        finally:
-            self._evaluating = False
+        Raises `ValueError` first if a student's variables or the optimizer
+        were created under another `tf.distribute` strategy.
+        """
+        strategy = self.distribute_strategy
+        for k, student in enumerate(self.students):
+            _distribute.check_variables(
+                strategy, student.variables, f"The variables of students[{k}] were"
+            )
+        if self.compiled and self.optimizer is not None:
+            _distribute.check_variables(
+                strategy,
+                [self.optimizer.iterations],
+                "The optimizer (made by `compile`) was",
+            )
+        return super().fit(*args, **kwargs)
 
     def get_config(self):
         config = super().get_config()
-        config["students"] = [_serialize_model(s) for s in self.students]
+        config["students"] = [_training.serialize_model(s) for s in self.students]
         return config
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["students"] = [
-            keras.saving.deserialize_keras_object(s, custom_objects=custom_objects)
-            for s in config["students"]
-        ]
-        return cls(**config)
-
-    def get_compile_config(self):
-        if not self.compiled:
-            return {}
-        serialize = keras.saving.serialize_keras_object
-        return {
-            "optimizer": serialize(self.optimizer),
-            "metrics": serialize(self._compile_config.config.get("metrics")),
-            "student_loss_fn": serialize(self.student_loss_fn),
-            "alpha": self.alpha,
-            "temperature": self.temperature,
-        }
-
-    def compile_from_config(self, config):
-        config = {
-            key: keras.saving.deserialize_keras_object(value)
-            if isinstance(value, (dict, list))
-            else value
-            for key, value in config.items()
-        }
-        self.compile(**config)
-        if self.built:
-            self.optimizer.build(self.trainable_variables)
+        return cls(**_training.deserialize_models(config, ["students"], custom_objects))

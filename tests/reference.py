@@ -107,3 +107,36 @@ def similarity_preserving(teacher, student):
 
     b = len(teacher)
     return float(((gram(teacher) - gram(student)) ** 2).sum() / (b * b))
+
+
+# --- Decoupled KD, in float64 ---------------------------------------------------
+
+
+def log_softmax64(row, temperature=1.0):
+    scaled = np.asarray(row, "float64") / temperature
+    top = scaled.max()
+    return scaled - top - math.log(np.exp(scaled - top).sum())
+
+
+def dkd(teacher_row, student_row, label, alpha, beta, temperature):
+    """T² * (alpha * TCKD + beta * NCKD) for one example, in float64."""
+    others = [c for c in range(len(teacher_row)) if c != label]
+
+    def log_parts(row):
+        log_p = log_softmax64(row, temperature)
+        if log_p[label] < -math.log(2):
+            return log_p[label], math.log1p(-math.exp(log_p[label]))
+        rest = log_p[others]
+        top = rest.max()
+        return log_p[label], top + math.log(np.exp(rest - top).sum())
+
+    (log_t, log_t_rest), (log_s, log_s_rest) = log_parts(teacher_row), log_parts(
+        student_row
+    )
+    tckd = math.exp(log_t) * (log_t - log_s) + math.exp(log_t_rest) * (
+        log_t_rest - log_s_rest
+    )
+    q_t = log_softmax64(np.asarray(teacher_row, "float64")[others], temperature)
+    q_s = log_softmax64(np.asarray(student_row, "float64")[others], temperature)
+    nckd = float(np.sum(np.exp(q_t) * (q_t - q_s)))
+    return temperature**2 * (alpha * tckd + beta * nckd)
