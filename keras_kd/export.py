@@ -25,6 +25,7 @@ Quantization modes (the names used everywhere in this module):
 import dataclasses
 import os
 import re
+import sys
 import tempfile
 import warnings
 
@@ -534,7 +535,8 @@ def verify_tflite(
     """
     student = _student_of(model)
     (quantization,) = _check_quantizations(quantization)
-    x = _as_examples(x, student, len(x) if hasattr(x, "__len__") else 10**9, "x")
+    # Every example: `len` of a batched dataset would count batches.
+    x = _as_examples(x, student, sys.maxsize, "x")
     expected = _keras_outputs(student, x)
     return _compare_tflite(
         tflite_model, x, expected, quantization, tolerance, min_top1_agreement

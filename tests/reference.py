@@ -130,8 +130,9 @@ def dkd(teacher_row, student_row, label, alpha, beta, temperature):
         top = rest.max()
         return log_p[label], top + math.log(np.exp(rest - top).sum())
 
-    (log_t, log_t_rest), (log_s, log_s_rest) = log_parts(teacher_row), log_parts(
-        student_row
+    (log_t, log_t_rest), (log_s, log_s_rest) = (
+        log_parts(teacher_row),
+        log_parts(student_row),
     )
     tckd = math.exp(log_t) * (log_t - log_s) + math.exp(log_t_rest) * (
         log_t_rest - log_s_rest

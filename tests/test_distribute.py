@@ -96,8 +96,14 @@ def load(path):
         return {key: data[key] for key in data.files}
 
 
+def _numbered(result, prefix):
+    """`result[f"{prefix}_{i}"]` for i = 0, 1, ... (in number order, not text)."""
+    keys = [k for k in result if k.startswith(prefix + "_")]
+    return [result[k] for k in sorted(keys, key=lambda k: int(k.rsplit("_", 1)[1]))]
+
+
 def student_weights(result):
-    return [result[key] for key in sorted(k for k in result if k.startswith("student"))]
+    return _numbered(result, "student")
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +126,7 @@ def weights(tmp_path_factory):
     teacher.save_weights(paths["teacher"])
     student.save_weights(paths["student"])
     paths["teacher_weights"] = [np.array(v) for v in teacher.weights]
+    paths["student_weights"] = [np.array(v) for v in student.weights]
     return paths
 
 
@@ -181,9 +188,13 @@ def test_strategy_trains_like_the_default_strategy(runs, weights, strategy, cpus
     # A loss averaged per replica and summed by the optimizer would double
     # the step; logs from the first replica only would differ in the 3rd digit.
     assert_same_training(result, reference)
-    for before, after in zip(weights["teacher_weights"], student_weights(result)):
-        assert before.shape != after.shape or not np.array_equal(before, after)
-    teacher = [result[k] for k in sorted(k for k in result if k.startswith("teacher"))]
+    trained = student_weights(result)
+    assert len(trained) == len(weights["student_weights"])
+    for before, after in zip(weights["student_weights"], trained):
+        assert before.shape == after.shape
+        assert not np.array_equal(before, after)  # every student weight trained
+    teacher = _numbered(result, "teacher")
+    assert len(teacher) == len(weights["teacher_weights"])
     for before, after in zip(weights["teacher_weights"], teacher):
         np.testing.assert_array_equal(before, after)
 
@@ -238,7 +249,8 @@ def test_killed_run_resumes_to_the_same_student(runs, weights, tmp_path):
     assert int(result["epochs_run"]) == 1
     assert int(result["iterations"]) == 32
     assert_same_training(result, reference, rtol=1e-6, atol=1e-7)
-    teacher = [result[k] for k in sorted(k for k in result if k.startswith("teacher"))]
+    teacher = _numbered(result, "teacher")
+    assert len(teacher) == len(weights["teacher_weights"])
     for before, after in zip(weights["teacher_weights"], teacher):
         np.testing.assert_array_equal(before, after)
 
@@ -334,8 +346,13 @@ def test_mixed_precision_loss_matches_float32_on_a_fixed_batch(weights, policy):
     teacher_logits = distiller.teacher(x)
     student_logits = distiller.student(x)
     assert teacher_logits.dtype == student_logits.dtype == compute_dtype
-    _, _, distillation_sum, count = distiller._loss_terms(
-        y, student_logits, distiller._as_teacher_logits(teacher_logits), None, None
+    _, _, distillation_sum, count, _ = distiller._logit_terms(
+        y,
+        student_logits,
+        distiller._as_teacher_logits(teacher_logits),
+        None,
+        None,
+        None,
     )
     exact = kd_float64(
         keras.ops.convert_to_numpy(teacher_logits),

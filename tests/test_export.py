@@ -295,6 +295,16 @@ def test_verify_tflite_accepts_the_matching_file(exported, distiller, mnist):
     assert figures["relative_diff"] <= TOLERANCES["float16"]
 
 
+def test_verify_tflite_reads_every_example_of_a_batched_dataset(
+    exported, distiller, mnist
+):
+    # 10 batches of 20: `len` of the dataset is 10, the examples are 200.
+    _, (x_test, _) = mnist
+    batches = tf.data.Dataset.from_tensor_slices(x_test[:200]).batch(20)
+    figures = export.verify_tflite(exported.tflite["float32"], distiller, batches)
+    assert figures["num_examples"] == 200
+
+
 def test_export_without_data_warns_and_still_checks_variables(tmp_path):
     with pytest.warns(UserWarning, match="verify_data"):
         result = export.export_student(_dense_model(), tmp_path)

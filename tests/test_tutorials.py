@@ -107,12 +107,14 @@ def test_notebook_runs_offline_in_quick_mode(path, tmp_path, monkeypatch):
         kernel_name="python3",
         timeout=CELL_TIMEOUT,
         resources={"metadata": {"path": str(tmp_path)}},  # files go to tmp_path
+        allow_errors=True,  # run every cell, then report the failed ones below
     )
-    client.execute()  # raises CellExecutionError, naming the cell, on any error
-    errors = [
-        output
-        for cell in _code_cells(notebook)
+    client.execute()
+    failed = [
+        f"cell {index}: {output.ename}: {output.evalue}"
+        for index, cell in enumerate(_code_cells(notebook))
         for output in cell.outputs
         if output.output_type == "error"
     ]
-    assert not errors
+    assert not failed, failed
+    assert all(cell.execution_count is not None for cell in _code_cells(notebook))
