@@ -62,17 +62,14 @@ def at_positions(values, logits, what: str = "loss"):
     values = ops.cast(values, "float32")
     positions = _static_positions(logits)
     rank, target = len(values.shape), len(positions)
-    if rank == target + 1:
-        values = ops.mean(values, axis=-1)
-    elif 0 < rank < target and not (rank == 2 and values.shape[1] == 1):
-        raise ValueError(_layout_message(what, values.shape, logits.shape))
-    elif rank == 2 and values.shape[1] == 1 and target != 2:
-        values = ops.reshape(values, (-1,))
-    rank = len(values.shape)
+    if rank == 2 and values.shape[1] == 1 and target >= 2:
+        values, rank = ops.reshape(values, (-1,)), 1  # `(batch, 1)`: per example
+    elif rank == target + 1:
+        values, rank = ops.mean(values, axis=-1), target
     if rank == target:
         _check_dims(values.shape, positions, what, logits.shape)
         return values
-    if rank > target:
+    if rank > 1:
         raise ValueError(_layout_message(what, values.shape, logits.shape))
     for _ in range(target - max(rank, 1)):
         values = ops.expand_dims(values, -1)

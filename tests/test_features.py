@@ -433,6 +433,34 @@ def test_total_loss_is_the_documented_weighted_sum():
     assert logs["loss"][-1] == pytest.approx(expected, rel=1e-4)
 
 
+def test_attention_transfer_default_weight_is_1000_on_the_mean():
+    """RepDistiller's and mdistiller's convention: `1000 * mean_j (Q_s - Q_t)²`."""
+    assert AttentionTransfer().weight == 1000.0
+    teacher, student = teacher_model(), make_student("functional")
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0),
+        alpha=0.5,
+        temperature=1.0,
+        feature_losses=[AttentionTransfer("t_conv", "s_conv")],
+    )
+    logs = distiller.fit(X, Y, batch_size=len(X), shuffle=False, verbose=0).history
+
+    def layer_output(model, name):
+        view = keras.Model(model.inputs[0], model.get_layer(name).output)
+        return np.asarray(view(X), "float64")
+
+    at = reference.attention_transfer(
+        layer_output(teacher, "t_conv"), layer_output(student, "s_conv")
+    ).mean()
+    t_logits, s_logits = np.asarray(teacher(X)), np.asarray(student(X))
+    label = np.mean([reference.cross_entropy(y, s) for y, s in zip(Y, s_logits)])
+    kd = np.mean([reference.kd(t, s, 1.0) for t, s in zip(t_logits, s_logits)])
+    assert logs["attention_transfer"][-1] == pytest.approx(at, rel=1e-4)
+    expected = 0.5 * label + 0.5 * kd + 1000.0 * at
+    assert logs["loss"][-1] == pytest.approx(expected, rel=1e-4)
+
+
 # --- Errors, early -----------------------------------------------------------
 
 

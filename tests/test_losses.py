@@ -245,3 +245,55 @@ def test_dkd_in_distiller_uses_labels_and_teacher_top_class_for_unlabeled():
         ]
     )
     assert history.history["distillation_loss"][-1] == pytest.approx(expected, rel=1e-4)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 4.0, 20.0])
+@pytest.mark.parametrize("beta", [0.0, 8.0])
+def test_dkd_matches_float64_at_logit_scale_30(temperature, beta):
+    # The label is each teacher's least likely class: p_t[g] and p_s[g] are
+    # tiny, and log(1 - p[g]) must not come from a difference of two large
+    # log-sum-exps (it did: TCKD came out negative, -2e-5 for +3e-5).
+    rng = np.random.default_rng(0)
+    teacher = 30.0 * rng.normal(size=(16, 10))
+    student = 30.0 * rng.normal(size=(16, 10))
+    labels = teacher.argmin(axis=-1)
+    got = keras.ops.convert_to_numpy(
+        dkd_loss(
+            teacher.astype("float32"),
+            student.astype("float32"),
+            labels,
+            beta=beta,
+            temperature=temperature,
+        )
+    )
+    expected = [
+        reference.dkd(t, s, g, 1.0, beta, temperature)
+        for t, s, g in zip(teacher, student, labels)
+    ]
+    assert (got >= 0).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-4)
+
+
+def test_dkd_per_position_on_sequences():
+    rng = np.random.default_rng(1)
+    teacher, student = rng.normal(size=(2, 3, 5)), rng.normal(size=(2, 3, 5))
+    labels = rng.integers(0, 5, size=(2, 3))
+    got = keras.ops.convert_to_numpy(
+        dkd_loss(teacher, student, labels, beta=2.0, temperature=2.0)
+    )
+    expected = [
+        [reference.dkd(t, s, g, 1.0, 2.0, 2.0) for t, s, g in zip(*rows)]
+        for rows in zip(teacher, student, labels)
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
+
+
+def test_kd_loss_per_position_on_sequences():
+    rng = np.random.default_rng(2)
+    teacher, student = rng.normal(size=(2, 3, 4)), rng.normal(size=(2, 3, 4))
+    got = keras.ops.convert_to_numpy(kd_loss(teacher, student, temperature=3.0))
+    expected = [
+        [reference.kd(t, s, 3.0) for t, s in zip(*rows)]
+        for rows in zip(teacher, student)
+    ]
+    np.testing.assert_allclose(got, expected, rtol=1e-5)
