@@ -5,7 +5,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _distribute, _training
+from keras_kd import _distribute, _models, _training
 from keras_kd import augmentation as kd_augmentation
 from keras_kd import feature_losses as kd_feature_losses
 from keras_kd import features as kd_features
@@ -14,75 +14,7 @@ from keras_kd.caching import attach_teacher_logits, split_cached_inputs
 
 _TEACHER_OUTPUTS = ("logits", "probabilities")
 _PROBE_SIZE = 16
-# Rows this close to summing to one, with no negative entry, are probabilities.
-_SUM_TO_ONE_ATOL = 1e-3
 _MIN_PROBABILITY = 1e-12
-
-
-def _check_model(model, role):
-    if not isinstance(model, keras.Model):
-        raise ValueError(
-            f"`{role}` must be a `keras.Model` (Sequential, Functional or "
-            f"subclassed), got {type(model).__name__}: {model!r}."
-        )
-
-
-def _output_layer(model):
-    """The layer that produces a Functional/Sequential model's output, or None."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    if not outputs or len(outputs) != 1:
-        return None
-    history = getattr(outputs[0], "_keras_history", None)
-    return history[0] if history else None
-
-
-def _ends_in_softmax(model):
-    layer = _output_layer(model)
-    if layer is None:
-        return False
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "softmax"
-
-
-def _num_classes(model):
-    """The static size of a model's last output axis, or None if unknown."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    if not outputs or len(outputs) != 1:
-        return None
-    return outputs[0].shape[-1]
-
-
-def _looks_like_probabilities(values):
-    values = np.asarray(values, dtype=np.float64)
-    if values.ndim < 1 or values.size == 0 or values.shape[-1] < 2:
-        return False
-    sums = values.sum(axis=-1)
-    return bool(values.min() >= 0.0 and np.allclose(sums, 1.0, atol=_SUM_TO_ONE_ATOL))
-
-
-def _softmax_message(role):
-    fix = (
-        "Pass a model that outputs logits (for example rebuild it with "
-        "`activation=None` on the last layer, or take the output of the layer "
-        "before the softmax)"
-    )
-    if role == "teacher":
-        fix += (
-            ", or declare the outputs with "
-            "`Distiller(student, teacher, teacher_outputs='probabilities')`"
-        )
-    return (
-        f"The {role} outputs probabilities (a softmax head), but logits are "
-        f"expected. {fix}."
-    )
 
 
 def _first(structure):
@@ -317,8 +249,8 @@ class Distiller(_training.Trainer):
         super().__init__(name=name, **kwargs)
         augmentation = _resolve_augmentation(augmentation)
         mixup_alpha = kd_augmentation.check_mixup_alpha(mixup_alpha)
-        _check_model(student, "student")
-        _check_model(teacher, "teacher")
+        _models.check_model(student, "student")
+        _models.check_model(teacher, "teacher")
         if student is teacher:
             raise ValueError(
                 "`student` and `teacher` are the same model object. Distill "
@@ -329,11 +261,14 @@ class Distiller(_training.Trainer):
                 f"`teacher_outputs` must be one of {_TEACHER_OUTPUTS}, got "
                 f"{teacher_outputs!r}."
             )
-        if teacher_outputs == "logits" and _ends_in_softmax(teacher):
-            raise ValueError(_softmax_message("teacher"))
-        if _ends_in_softmax(student):
-            raise ValueError(_softmax_message("student"))
-        student_classes, teacher_classes = _num_classes(student), _num_classes(teacher)
+        if teacher_outputs == "logits" and _models.ends_in_softmax(teacher):
+            raise ValueError(_models.softmax_message("teacher"))
+        if _models.ends_in_softmax(student):
+            raise ValueError(_models.softmax_message("student"))
+        student_classes, teacher_classes = (
+            _models.num_classes(student),
+            _models.num_classes(teacher),
+        )
         if None not in (student_classes, teacher_classes):
             self._check_class_counts(student_classes, teacher_classes)
 
@@ -849,12 +784,12 @@ class Distiller(_training.Trainer):
             self._build_adapters(
                 plan.adapter_widths(teacher_features, student_features)
             )
-        if self.teacher_outputs == "logits" and _looks_like_probabilities(
+        if self.teacher_outputs == "logits" and _models.looks_like_probabilities(
             teacher_logits
         ):
-            raise ValueError(_softmax_message("teacher"))
-        if _looks_like_probabilities(student_logits):
-            raise ValueError(_softmax_message("student"))
+            raise ValueError(_models.softmax_message("teacher"))
+        if _models.looks_like_probabilities(student_logits):
+            raise ValueError(_models.softmax_message("student"))
         self._check_class_counts(student_logits.shape[-1], teacher_logits.shape[-1])
         _training.check_labels(labels, student_logits)
 

@@ -13,6 +13,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from keras_kd import _models
+
 _COMBINE = ("logits", "log_probabilities")
 
 
@@ -29,7 +31,7 @@ def _check_teachers(teachers):
                 f"`teachers[{index}]` must be a `keras.Model`, got "
                 f"{type(teacher).__name__}: {teacher!r}."
             )
-        if _ends_in_softmax(teacher):
+        if _models.ends_in_softmax(teacher):
             raise ValueError(
                 f"`teachers[{index}]` ({teacher.name}) ends in a softmax; the "
                 "teachers must output logits. Rebuild its last layer with "
@@ -38,32 +40,6 @@ def _check_teachers(teachers):
     if len({id(teacher) for teacher in teachers}) != len(teachers):
         raise ValueError("`teachers` lists the same model object more than once.")
     return list(teachers)
-
-
-def _ends_in_softmax(model):
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return False
-    if not outputs or len(outputs) != 1:
-        return False
-    history = getattr(outputs[0], "_keras_history", None)
-    layer = history[0] if history else None
-    if isinstance(layer, keras.layers.Softmax):
-        return True
-    activation = getattr(layer, "activation", None)
-    return getattr(activation, "__name__", None) == "softmax"
-
-
-def _output_size(model):
-    """The static size of a model's last output axis, or None if unknown."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    if not outputs or len(outputs) != 1:
-        return None
-    return outputs[0].shape[-1]
 
 
 def _check_weights(weights, count):
@@ -153,11 +129,11 @@ class TeacherEnsemble(keras.Model):
         self.teachers = _check_teachers(teachers)
         # `weights` is a read-only `keras.Model` property (its variables).
         self.teacher_weights = _check_weights(weights, len(self.teachers))
-        widths = {_output_size(t) for t in self.teachers} - {None}
+        widths = {_models.num_classes(t) for t in self.teachers} - {None}
         if len(widths) > 1:
             raise ValueError(
                 "The teachers output different numbers of classes "
-                f"({[_output_size(t) for t in self.teachers]}); an ensemble "
+                f"({[_models.num_classes(t) for t in self.teachers]}); an ensemble "
                 "averages distributions over the same classes. Use "
                 "`keras_kd.LabelMergingTeacher` for different label sets."
             )
@@ -246,7 +222,7 @@ def _check_class_maps(class_maps, teachers, num_classes):
                 f"`class_maps[{index}]` lists a student class twice: {entries}. "
                 "Each teacher output maps to a different student class."
             )
-        width = _output_size(teacher)
+        width = _models.num_classes(teacher)
         if width is not None and width != len(entries):
             raise ValueError(
                 f"`class_maps[{index}]` has {len(entries)} entries but "

@@ -81,7 +81,7 @@ class ExportResult:
     verification: dict
 
 
-def _student_of(model_or_distiller):
+def student_of(model_or_distiller):
     """The model to export: a `Distiller`'s student, or the model itself."""
     from keras_kd.distiller import Distiller
 
@@ -325,7 +325,8 @@ def _convert_saved_model(
         ) from error
 
 
-def _interpreter(tflite_model, num_threads=None):
+def litert_interpreter(tflite_model, num_threads=None):
+    """A LiteRT `Interpreter` for a `.tflite` path or its bytes."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError as error:
@@ -338,7 +339,7 @@ def _interpreter(tflite_model, num_threads=None):
     return Interpreter(model_path=os.fspath(tflite_model), num_threads=num_threads)
 
 
-def _quantize(x, scale, zero_point, dtype):
+def quantize_values(x, scale, zero_point, dtype):
     """`round(x / scale) + zero_point`, clipped to `dtype`: TFLite's affine map."""
     info = np.iinfo(dtype)
     values = np.round(np.asarray(x, dtype="float64") / scale) + zero_point
@@ -377,7 +378,7 @@ def tflite_predict(tflite_model, x, batch_size=_VERIFY_BATCH, num_threads=None):
     accuracy = (logits.argmax(-1) == y_test).mean()
     ```
     """
-    interpreter = _interpreter(tflite_model, num_threads=num_threads)
+    interpreter = litert_interpreter(tflite_model, num_threads=num_threads)
     input_details = interpreter.get_input_details()
     output_details = interpreter.get_output_details()
     if len(input_details) != 1 or len(output_details) != 1:
@@ -400,7 +401,7 @@ def tflite_predict(tflite_model, x, batch_size=_VERIFY_BATCH, num_threads=None):
             output_detail = interpreter.get_output_details()[0]
         if np.issubdtype(input_detail["dtype"], np.integer):
             scale, zero_point = input_detail["quantization"]
-            batch = _quantize(batch, scale, zero_point, input_detail["dtype"])
+            batch = quantize_values(batch, scale, zero_point, input_detail["dtype"])
         interpreter.set_tensor(input_detail["index"], batch)
         interpreter.invoke()
         output = interpreter.get_tensor(output_detail["index"])
@@ -458,7 +459,7 @@ def convert_to_tflite(
     )
     ```
     """
-    student = _student_of(model)
+    student = student_of(model)
     _check_built(student)
     (quantization,) = _check_quantizations(quantization)
     _check_int8_io(int8_io)
@@ -533,17 +534,18 @@ def verify_tflite(
     print(figures["top1_agreement"])
     ```
     """
-    student = _student_of(model)
+    student = student_of(model)
     (quantization,) = _check_quantizations(quantization)
     # Every example: `len` of a batched dataset would count batches.
     x = _as_examples(x, student, sys.maxsize, "x")
-    expected = _keras_outputs(student, x)
+    expected = keras_outputs(student, x)
     return _compare_tflite(
         tflite_model, x, expected, quantization, tolerance, min_top1_agreement
     )
 
 
-def _keras_outputs(model, x):
+def keras_outputs(model, x):
+    """`model.predict(x)` in float32, batched as the TFLite checks run."""
     outputs = model.predict(x, batch_size=_VERIFY_BATCH, verbose=0)
     return np.asarray(outputs, dtype="float32")
 
@@ -669,7 +671,7 @@ def export_student(
     print(result.tflite["int8"], result.verification["int8"]["top1_agreement"])
     ```
     """
-    student = _student_of(model)
+    student = student_of(model)
     teacher = getattr(model, "teacher", None) if model is not student else None
     _check_built(student)
     formats = (formats,) if isinstance(formats, str) else tuple(formats)
@@ -692,7 +694,7 @@ def export_student(
     x_verify = expected = None
     if verify_data is not None:
         x_verify = _as_examples(verify_data, student, 10**9, "verify_data")
-        expected = _keras_outputs(student, x_verify)
+        expected = keras_outputs(student, x_verify)
     if wants_tflite and x_verify is not None:
         require_litert()
     directory = _prepare_directory(directory)

@@ -33,19 +33,10 @@ owned by the Distiller, never by the student.
 import keras
 from keras import ops
 
+from keras_kd import _models
+
 PROTOCOL = "call_with_features"
 _ADAPTER_PREFIX = "feature_adapter_"
-
-
-def _graph_outputs(model):
-    """The outputs of a Functional/Sequential model, or None if it has none."""
-    try:
-        outputs = model.outputs
-    except (AttributeError, ValueError):
-        return None
-    if not outputs or not all(hasattr(o, "_keras_history") for o in outputs):
-        return None
-    return list(outputs)
 
 
 def _protocol_message(model, role, names):
@@ -76,7 +67,7 @@ class FeatureSource:
         self.uses_protocol = bool(self.names) and callable(
             getattr(model, PROTOCOL, None)
         )
-        outputs = _graph_outputs(model)
+        outputs = _models.graph_outputs(model)
         if outputs is not None and len(outputs) == 1:
             self.static_shapes = {None: tuple(outputs[0].shape)}
         if not self.names or self.uses_protocol:

@@ -16,12 +16,12 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd.export import (
-    _interpreter,
-    _keras_outputs,
-    _quantize,
-    _student_of,
     export_student,
+    keras_outputs,
+    litert_interpreter,
+    quantize_values,
     require_litert,
+    student_of,
     tflite_predict,
 )
 
@@ -44,7 +44,7 @@ def _keras_latency_ms(model, example, runs, warmup):
 
 
 def _litert_latency_ms(tflite_bytes, example, runs, warmup, num_threads):
-    interpreter = _interpreter(tflite_bytes, num_threads=num_threads)
+    interpreter = litert_interpreter(tflite_bytes, num_threads=num_threads)
     detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(detail["index"], (1, *example.shape))
     interpreter.allocate_tensors()
@@ -53,7 +53,7 @@ def _litert_latency_ms(tflite_bytes, example, runs, warmup, num_threads):
     value = example[None]
     if np.issubdtype(detail["dtype"], np.integer):
         scale, zero_point = detail["quantization"]
-        value = _quantize(value, scale, zero_point, detail["dtype"])
+        value = quantize_values(value, scale, zero_point, detail["dtype"])
 
     def run():
         interpreter.set_tensor(detail["index"], value)
@@ -163,7 +163,7 @@ def compression_report(
     with tempfile.TemporaryDirectory() as tmp:
         root = tmp if directory is None else os.fspath(directory)
         for index, (name, model) in enumerate(models.items()):
-            student = _student_of(model)
+            student = student_of(model)
             slug = re.sub(r"[^\w.-]+", "_", name)
             target = os.path.join(root, f"{index}_{slug}")
             result = export_student(
@@ -174,7 +174,7 @@ def compression_report(
                 verify_data=x_test,
                 min_top1_agreement=0.0,
             )
-            logits = _keras_outputs(student, x_test)
+            logits = keras_outputs(student, x_test)
             row = {
                 "model": name,
                 "parameters": result.parameters,

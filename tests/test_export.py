@@ -110,7 +110,7 @@ def test_tflite_predict_hand_computed_dense():
 def test_quantize_and_dequantize_hand_computed():
     # x / 0.5 = [0, 2, 2.8, 200, -200] -> round [0, 2, 3, 200, -200] - 3,
     # clipped to int8: [-3, -1, 0, 127, -128].
-    q = export._quantize([0.0, 1.0, 1.4, 100.0, -100.0], 0.5, -3, np.int8)
+    q = export.quantize_values([0.0, 1.0, 1.4, 100.0, -100.0], 0.5, -3, np.int8)
     np.testing.assert_array_equal(q, [-3, -1, 0, 127, -128])
     assert q.dtype == np.int8
     # (q + 3) * 0.5

@@ -1,0 +1,74 @@
+"""What keras_kd reads off a model: its output layer, class count, softmax head."""
+
+import keras
+import numpy as np
+
+# Rows this close to summing to one, with no negative entry, are probabilities.
+_SUM_TO_ONE_ATOL = 1e-3
+
+
+def check_model(model, role: str) -> None:
+    if not isinstance(model, keras.Model):
+        raise ValueError(
+            f"`{role}` must be a `keras.Model` (Sequential, Functional or "
+            f"subclassed), got {type(model).__name__}: {model!r}."
+        )
+
+
+def graph_outputs(model):
+    """The outputs of a Functional/Sequential model, or None if it has none."""
+    try:
+        outputs = model.outputs
+    except (AttributeError, ValueError):
+        return None
+    if not outputs or not all(hasattr(o, "_keras_history") for o in outputs):
+        return None
+    return list(outputs)
+
+
+def _single_output(model):
+    outputs = graph_outputs(model)
+    return outputs[0] if outputs and len(outputs) == 1 else None
+
+
+def ends_in_softmax(model) -> bool:
+    """Whether a graph model's single output comes from a softmax."""
+    output = _single_output(model)
+    if output is None:
+        return False
+    layer = output._keras_history[0]
+    if isinstance(layer, keras.layers.Softmax):
+        return True
+    activation = getattr(layer, "activation", None)
+    return getattr(activation, "__name__", None) == "softmax"
+
+
+def num_classes(model):
+    """The static size of a graph model's last output axis, or None if unknown."""
+    output = _single_output(model)
+    return None if output is None else output.shape[-1]
+
+
+def looks_like_probabilities(values) -> bool:
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim < 1 or values.size == 0 or values.shape[-1] < 2:
+        return False
+    sums = values.sum(axis=-1)
+    return bool(values.min() >= 0.0 and np.allclose(sums, 1.0, atol=_SUM_TO_ONE_ATOL))
+
+
+def softmax_message(role: str) -> str:
+    fix = (
+        "Pass a model that outputs logits (for example rebuild it with "
+        "`activation=None` on the last layer, or take the output of the layer "
+        "before the softmax)"
+    )
+    if role == "teacher":
+        fix += (
+            ", or declare the outputs with "
+            "`Distiller(student, teacher, teacher_outputs='probabilities')`"
+        )
+    return (
+        f"The {role} outputs probabilities (a softmax head), but logits are "
+        f"expected. {fix}."
+    )
