@@ -125,11 +125,14 @@ class Distiller(_training.Trainer):
     `training=False` outside the gradient tape, and its weights never change.
     `evaluate`, `predict` and `__call__` use the student only.
 
-    Per-example losses are reduced over the global batch, weighted by
-    `sample_weight` as in Keras (`sum(loss * weight) / batch_size`), so that
+    Outputs may be `(batch, classes)`, `(batch, time, vocab)` or `(batch, H,
+    W, classes)`: every term is computed per position, and reduced over the
+    global batch as `keras_kd._training` documents: `sum(loss * w) / sum(w)`
+    for a per-position `sample_weight` (a padding mask), `sum(loss * w) /
+    positions` for per-example weights or none (Keras' convention), so that
     training on several replicas gives the same result as on one device.
     `fit` logs `loss` (the total), `student_loss` (mean label loss over the
-    labeled examples), `distillation_loss` (the T²-scaled KL) and every
+    labeled positions), `distillation_loss` (the T²-scaled KL) and every
     compiled metric, computed on the student's predictions.
 
     Feature and relation distillation: `compile(feature_losses=[...])` adds
@@ -193,6 +196,10 @@ class Distiller(_training.Trainer):
         mixup_alpha: Concentration `a > 0` of the `Beta(a, a)` mixup weight,
             or `None` for no mixup. Needs floating-point inputs. Defaults to
             `None`.
+        mixup_seed: Integer seed of the mixup draws (with the step counter:
+            a resumed run draws as an uninterrupted one). Saved in the
+            config. Defaults to `None`: drawn from NumPy's global generator,
+            which `keras.utils.set_random_seed` seeds.
         name: Model name. Defaults to `"distiller"`.
 
     Raises:
