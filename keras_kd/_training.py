@@ -27,6 +27,9 @@ from keras import ops
 from keras_kd import _distribute
 from keras_kd._validation import check_fraction, check_temperature
 
+# Examples that go through both models before `fit`, to check them eagerly.
+_PROBE_SIZE = 16
+
 
 def split_unlabeled(y):
     """Returns `(labels, mask)`: sparse integer labels below 0 mark no label.
@@ -134,6 +137,44 @@ def per_example(values, batch_size):
 def example_weights(weights):
     """Per-example weights `(batch,)`: the mean weight of each example."""
     return per_example(weights, ops.shape(weights)[0])
+
+
+def _first(structure):
+    return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], structure)
+
+
+def probe_batch(x, y=None):
+    """`(inputs, labels)` to check models and data eagerly before `fit`.
+
+    `inputs` holds a few examples; `labels` all of an array's labels, or the
+    first batch's of a dataset. Returns `None` when the data cannot be peeked
+    at without consuming it (a Python generator). Raises `ValueError` when
+    the data is empty.
+    """
+    if isinstance(x, tf.data.Dataset):
+        for batch in x.take(1):
+            inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
+            return _first(inputs), labels
+        raise ValueError(
+            "The dataset passed to `fit` is empty: it yielded no batch. Check "
+            "the pipeline (a `filter`, `take` or `skip` may remove everything)."
+        )
+    if isinstance(x, keras.utils.PyDataset):
+        if len(x) == 0:
+            raise ValueError("The `PyDataset` passed to `fit` is empty (len 0).")
+        inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(x[0])
+        return _first(inputs), labels
+    if x is None:
+        raise ValueError("`fit` needs data: got `x=None`.")
+    leaves = keras.tree.flatten(x)
+    if leaves and all(hasattr(leaf, "shape") for leaf in leaves):
+        if any(leaf.shape[0] == 0 for leaf in leaves):
+            raise ValueError(
+                "The data passed to `fit` is empty: "
+                f"inputs with shapes {[tuple(leaf.shape) for leaf in leaves]}."
+            )
+        return _first(x), y
+    return None
 
 
 def call_unreduced(loss_fn, y_true, y_pred):

@@ -163,3 +163,20 @@ def dominant(values, lam, partners):
     return ops.where(
         ops.greater_equal(lam, 0.5), values, ops.take(values, partners, axis=0)
     )
+
+
+def resolve_augmentation(augmentation):
+    """A single layer for `augmentation`: a layer, a model or a list of them."""
+    if augmentation is None or isinstance(augmentation, keras.layers.Layer):
+        return augmentation
+    if isinstance(augmentation, (list, tuple)) and all(
+        isinstance(layer, keras.layers.Layer) for layer in augmentation
+    ):
+        if not augmentation:
+            return None
+        return keras.Sequential(list(augmentation), name="augmentation")
+    raise ValueError(
+        "`augmentation` must be None, a Keras layer or model (for example "
+        "`keras.layers.RandomTranslation(0.1, 0.1)` or a `keras.Sequential` "
+        f"of preprocessing layers) or a list of layers; got {augmentation!r}."
+    )

@@ -7,52 +7,12 @@ from keras import ops
 
 from keras_kd import _distribute, _models, _training
 from keras_kd import augmentation as kd_augmentation
-from keras_kd import feature_losses as kd_feature_losses
 from keras_kd import features as kd_features
 from keras_kd import losses as kd_losses
 from keras_kd.caching import attach_teacher_logits, split_cached_inputs
 
 _TEACHER_OUTPUTS = ("logits", "probabilities")
-_PROBE_SIZE = 16
 _MIN_PROBABILITY = 1e-12
-
-
-def _first(structure):
-    return keras.tree.map_structure(lambda a: a[:_PROBE_SIZE], structure)
-
-
-def _probe_batch(x, y=None):
-    """`(inputs, labels)` to check models and data eagerly before `fit`.
-
-    `inputs` holds a few examples; `labels` all of an array's labels, or the
-    first batch's of a dataset. Returns `None` when the data cannot be peeked
-    at without consuming it (a Python generator). Raises `ValueError` when
-    the data is empty.
-    """
-    if isinstance(x, tf.data.Dataset):
-        for batch in x.take(1):
-            inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(batch)
-            return _first(inputs), labels
-        raise ValueError(
-            "The dataset passed to `fit` is empty: it yielded no batch. Check "
-            "the pipeline (a `filter`, `take` or `skip` may remove everything)."
-        )
-    if isinstance(x, keras.utils.PyDataset):
-        if len(x) == 0:
-            raise ValueError("The `PyDataset` passed to `fit` is empty (len 0).")
-        inputs, labels, _ = keras.utils.unpack_x_y_sample_weight(x[0])
-        return _first(inputs), labels
-    if x is None:
-        raise ValueError("`fit` needs data: got `x=None`.")
-    leaves = keras.tree.flatten(x)
-    if leaves and all(hasattr(leaf, "shape") for leaf in leaves):
-        if any(leaf.shape[0] == 0 for leaf in leaves):
-            raise ValueError(
-                "The data passed to `fit` is empty: "
-                f"inputs with shapes {[tuple(leaf.shape) for leaf in leaves]}."
-            )
-        return _first(x), y
-    return None
 
 
 def _resolve_distillation_loss(loss_fn, temperature):
@@ -67,45 +27,6 @@ def _resolve_distillation_loss(loss_fn, temperature):
             f"None for keras_kd's stable tempered KL; got {loss_fn!r}."
         )
     return loss_fn
-
-
-def _resolve_augmentation(augmentation):
-    """A single layer for `augmentation`: a layer, a model or a list of them."""
-    if augmentation is None or isinstance(augmentation, keras.layers.Layer):
-        return augmentation
-    if isinstance(augmentation, (list, tuple)) and all(
-        isinstance(layer, keras.layers.Layer) for layer in augmentation
-    ):
-        if not augmentation:
-            return None
-        return keras.Sequential(list(augmentation), name="augmentation")
-    raise ValueError(
-        "`augmentation` must be None, a Keras layer or model (for example "
-        "`keras.layers.RandomTranslation(0.1, 0.1)` or a `keras.Sequential` "
-        f"of preprocessing layers) or a list of layers; got {augmentation!r}."
-    )
-
-
-def _resolve_feature_losses(feature_losses):
-    if feature_losses is None:
-        return []
-    if isinstance(feature_losses, kd_feature_losses.FeatureLoss):
-        return [feature_losses]
-    if isinstance(feature_losses, (list, tuple)) and all(
-        isinstance(loss, kd_feature_losses.FeatureLoss) for loss in feature_losses
-    ):
-        return list(feature_losses)
-    raise ValueError(
-        "`feature_losses` must be None or a list of keras_kd feature losses "
-        "(`keras_kd.losses.HintLoss`, `AttentionTransfer`, `RKD`, "
-        f"`SimilarityPreserving`, or a `FeatureLoss` subclass); got {feature_losses!r}."
-    )
-
-
-def _adapter_shape(adapter):
-    """`(rank of the features, input width, output width)` of an adapter."""
-    kernel_shape = tuple(int(d) for d in adapter.kernel.shape)
-    return (2 if len(kernel_shape) == 2 else 4, kernel_shape[-2], kernel_shape[-1])
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -254,7 +175,7 @@ class Distiller(_training.Trainer):
         **kwargs,
     ):
         super().__init__(name=name, **kwargs)
-        augmentation = _resolve_augmentation(augmentation)
+        augmentation = kd_augmentation.resolve_augmentation(augmentation)
         mixup_alpha = kd_augmentation.check_mixup_alpha(mixup_alpha)
         _models.check_model(student, "student")
         _models.check_model(teacher, "teacher")
@@ -410,7 +331,7 @@ class Distiller(_training.Trainer):
         self.distillation_loss_fn = _resolve_distillation_loss(
             distillation_loss_fn, self.temperature
         )
-        self._compile_features(_resolve_feature_losses(feature_losses))
+        self._compile_features(kd_features.resolve_feature_losses(feature_losses))
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
     def _compile_features(self, feature_losses):
@@ -425,29 +346,8 @@ class Distiller(_training.Trainer):
 
     def _build_adapters(self, widths):
         """Creates the adapters `{index: (student_shape, width)}` that are missing."""
-        created = False
-        for index, (student_shape, width) in widths.items():
-            name = kd_features.adapter_name(index)
-            adapter = self.feature_adapters.get(name)
-            if adapter is not None and _adapter_shape(adapter) == (
-                len(student_shape),
-                student_shape[-1],
-                width,
-            ):
-                continue
-            with self.distribute_strategy.scope():
-                self.feature_adapters[name] = kd_features.make_adapter(
-                    index, student_shape, width
-                )
-            created = True
-        if created:
-            # Saving addresses the adapters by their order: keep it by index.
-            ordered = sorted(
-                self.feature_adapters.items(),
-                key=lambda item: int(item[0].rsplit("_", 1)[1]),
-            )
-            self.feature_adapters.clear()
-            self.feature_adapters.update(dict(ordered))
+        with self.distribute_strategy.scope():
+            kd_features.build_adapters(self.feature_adapters, widths)
 
     def call(self, inputs, training=None):
         inputs, _ = split_cached_inputs(inputs)
@@ -769,7 +669,7 @@ class Distiller(_training.Trainer):
         it on one batch before `fit` when `fit` gets a Python generator,
         which cannot be read ahead.
         """
-        probe = _probe_batch(x, y)
+        probe = _training.probe_batch(x, y)
         if probe is None or _distribute.is_tpu(tf.distribute.get_strategy()):
             return
         inputs, labels = probe
@@ -827,7 +727,7 @@ class Distiller(_training.Trainer):
             # Adapters built from the first batch (subclassed models) cannot be
             # rebuilt by `compile`: their shapes travel with the config.
             config["feature_adapter_shapes"] = {
-                name: list(_adapter_shape(adapter))
+                name: list(kd_features.adapter_shape(adapter))
                 for name, adapter in self.feature_adapters.items()
             }
         return config
@@ -836,12 +736,4 @@ class Distiller(_training.Trainer):
 
     def _restore_compile_state(self, state):
         shapes = state["feature_adapter_shapes"] or {}
-        self._build_adapters(
-            {
-                int(name.rsplit("_", 1)[1]): (
-                    (None,) * (rank - 1) + (input_width,),
-                    output_width,
-                )
-                for name, (rank, input_width, output_width) in shapes.items()
-            }
-        )
+        self._build_adapters(kd_features.adapter_widths_from_shapes(shapes))

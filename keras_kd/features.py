@@ -34,6 +34,7 @@ import keras
 from keras import ops
 
 from keras_kd import _models
+from keras_kd import feature_losses as kd_feature_losses
 
 PROTOCOL = "call_with_features"
 _ADAPTER_PREFIX = "feature_adapter_"
@@ -151,6 +152,62 @@ def make_adapter(index, student_shape, width):
         layer = keras.layers.Conv2D(width, 1, dtype="float32", name=adapter_name(index))
     layer.build(student_shape)
     return layer
+
+
+def adapter_shape(adapter):
+    """`(rank of the features, input width, output width)` of an adapter."""
+    kernel_shape = tuple(int(d) for d in adapter.kernel.shape)
+    return (2 if len(kernel_shape) == 2 else 4, kernel_shape[-2], kernel_shape[-1])
+
+
+def build_adapters(adapters, widths):
+    """Adds the adapters of `widths` that `adapters` lacks, in index order.
+
+    `widths` maps a feature loss's index to `(student_shape, width)`; an
+    adapter of another shape is replaced.
+    """
+    created = False
+    for index, (student_shape, width) in widths.items():
+        name = adapter_name(index)
+        adapter = adapters.get(name)
+        wanted = (len(student_shape), student_shape[-1], width)
+        if adapter is not None and adapter_shape(adapter) == wanted:
+            continue
+        adapters[name] = make_adapter(index, student_shape, width)
+        created = True
+    if created:
+        # Saving addresses the adapters by their order: keep it by index.
+        ordered = sorted(adapters.items(), key=lambda item: _adapter_index(item[0]))
+        adapters.clear()
+        adapters.update(dict(ordered))
+
+
+def _adapter_index(name):
+    return int(name.rsplit("_", 1)[1])
+
+
+def adapter_widths_from_shapes(shapes):
+    """`{index: (student_shape, width)}` from saved `adapter_shape`s by name."""
+    return {
+        _adapter_index(name): ((None,) * (rank - 1) + (input_width,), output_width)
+        for name, (rank, input_width, output_width) in shapes.items()
+    }
+
+
+def resolve_feature_losses(feature_losses):
+    if feature_losses is None:
+        return []
+    if isinstance(feature_losses, kd_feature_losses.FeatureLoss):
+        return [feature_losses]
+    if isinstance(feature_losses, (list, tuple)) and all(
+        isinstance(loss, kd_feature_losses.FeatureLoss) for loss in feature_losses
+    ):
+        return list(feature_losses)
+    raise ValueError(
+        "`feature_losses` must be None or a list of keras_kd feature losses "
+        "(`keras_kd.losses.HintLoss`, `AttentionTransfer`, `RKD`, "
+        f"`SimilarityPreserving`, or a `FeatureLoss` subclass); got {feature_losses!r}."
+    )
 
 
 class FeaturePlan:
