@@ -240,3 +240,28 @@ def attach_teacher_logits(x, teacher_logits):
             "with `keras_kd.cache_teacher_outputs(teacher, x)`."
         )
     return {INPUTS_KEY: x, TEACHER_LOGITS_KEY: teacher_logits}
+
+
+def check_cache_compatible(source, augments, has_feature_losses):
+    """`ValueError` if cached teacher outputs meet what needs the teacher online.
+
+    Random augmentation and mixup change the inputs on every step, and
+    feature losses read the teacher's intermediate layers: both need the
+    teacher to run on the batch itself.
+    """
+    if augments:
+        raise ValueError(
+            f"{source} cannot be combined with `augmentation` or "
+            "`mixup_alpha`: the teacher must see the same randomly augmented "
+            "inputs as the student, and cached logits belong to the "
+            "un-augmented images. Train online (drop the cache: "
+            "`Distiller.fit(x, y)` runs the teacher on every batch), or "
+            "build the Distiller without augmentation."
+        )
+    if has_feature_losses:
+        raise ValueError(
+            f"{source} cannot be combined with `feature_losses`: they compare "
+            "the teacher's intermediate layers, which only an online teacher "
+            "computes. Train online (`Distiller.fit(x, y)` runs the teacher "
+            "on every batch), or compile without `feature_losses`."
+        )

@@ -5,11 +5,15 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _distribute, _models, _training
+from keras_kd import _distribute, _models, _objective, _training
 from keras_kd import augmentation as kd_augmentation
 from keras_kd import features as kd_features
 from keras_kd import losses as kd_losses
-from keras_kd.caching import attach_teacher_logits, split_cached_inputs
+from keras_kd.caching import (
+    attach_teacher_logits,
+    check_cache_compatible,
+    split_cached_inputs,
+)
 
 _TEACHER_OUTPUTS = ("logits", "probabilities")
 _MIN_PROBABILITY = 1e-12
@@ -376,107 +380,11 @@ class Distiller(_training.Trainer):
         plan = self._feature_plan
         return self._kd_trackers + (() if plan is None else tuple(plan.trackers))
 
-    def _distillation_values(self, teacher_logits, student_logits, targets):
-        """The distillation loss at each position, T² included."""
-        loss_fn = self.distillation_loss_fn
-        if getattr(loss_fn, "needs_labels", False):
-            values = loss_fn.call(teacher_logits, student_logits, labels=targets)
-        elif getattr(loss_fn, "takes_logits", False):
-            values = _training.call_unreduced(loss_fn, teacher_logits, student_logits)
-        else:
-            temperature = self.temperature
-            values = _training.call_unreduced(
-                loss_fn,
-                ops.softmax(teacher_logits / temperature, axis=-1),
-                ops.softmax(student_logits / temperature, axis=-1),
-            ) * (temperature**2)
-        return _training.at_positions(values, student_logits)
-
-    @staticmethod
-    def _label_targets(teacher_logits, labels, mask, mixup):
-        """The class at each position for label-aware losses (DKD).
-
-        The label where there is one (under mixup, the larger share's), the
-        teacher's top class elsewhere.
-        """
-        target = ops.cast(ops.argmax(teacher_logits, axis=-1), "int32")
-        if mask is None:
-            return target
-        if mixup is not None:
-            labels = kd_augmentation.dominant(labels, *mixup)
-            mask = kd_augmentation.dominant(mask, *mixup)
-        labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(target))
-        return ops.where(ops.cast(mask, "bool"), labels, target)
-
     def _logit_terms(self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup):
-        """This replica's sums of the label and distillation terms.
-
-        Returns `(label_sum, labeled, distillation_sum, count, example_weight)`:
-        the weighted sums over positions, the label term's and both terms'
-        shares of the normalizer (see `keras_kd._training`), and the
-        per-example weight `(batch,)` of the feature terms. With `mixup =
-        (lam, partners)`, position `i` mixes example `i` (share `lam`) with
-        `partners[i]`: each share carries its own label, mask and weight.
-        """
-        logits = ops.cast(y_pred, "float32")
-        weights, per_position = _training.position_weights(sample_weight, logits)
-        count = _training.normalizer(weights, per_position)
-
-        def mix(values):
-            if mixup is None:
-                return values
-            return kd_augmentation.mix_per_example(values, *mixup)
-
-        mask = label_mask
-        if mask is not None:
-            mask = _training.at_positions(mask, logits, "label mask")
-        targets = None
-        if getattr(self.distillation_loss_fn, "needs_labels", False):
-            targets = self._label_targets(teacher_logits, y, mask, mixup)
-        distillation = self._distillation_values(teacher_logits, logits, targets)
-        distillation_sum = ops.sum(distillation * mix(weights))
-        example_weight = _training.example_weights(mix(weights))
-        if y is None:
-            zero = ops.zeros(())
-            return zero, zero, distillation_sum, count, example_weight
-
-        def label_loss(labels):
-            values = _training.call_unreduced(self.student_loss_fn, labels, logits)
-            return _training.at_positions(values, logits)
-
-        if mask is None:
-            mask = ops.ones_like(weights)
-        own = mask * weights
-        label = label_loss(y) * own
-        if mixup is not None:
-            lam, partners = mixup
-            partner_share = ops.take(own, partners, axis=0)
-            partner = label_loss(ops.take(y, partners, axis=0)) * partner_share
-            label = lam * label + (1.0 - lam) * partner
-        labeled = ops.sum(mix(own if per_position else mask))
-        return ops.sum(label), labeled, distillation_sum, count, example_weight
-
-    def _feature_terms(self, plan, teacher_features, student_features, example_weight):
-        """`(logs, example_sum, batch_sum)` of the feature losses on one replica.
-
-        `example_sum` is the weighted sum over examples of the per-example
-        terms, `batch_sum` the weighted sum of the batch-level terms; `logs`
-        holds `(value, count)` per loss for its tracker, unweighted.
-        """
-        values = plan.values(teacher_features, student_features, self.feature_adapters)
-        batch_size = ops.shape(example_weight)[0]
-        local_count = ops.cast(batch_size, "float32")
-        logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
-        for loss, value in zip(plan.losses, values):
-            if loss.batch_level:
-                batch_sum += loss.weight * value
-                logs.append((value, ops.ones(())))
-            else:
-                per_example = _training.per_example(value, batch_size)
-                total = ops.sum(per_example * example_weight)
-                example_sum += loss.weight * total
-                logs.append((total / local_count, local_count))
-        return logs, example_sum, batch_sum
+        """See `keras_kd._objective.logit_terms`."""
+        return _objective.logit_terms(
+            self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup
+        )
 
     def _adapter_variables(self):
         return [
@@ -540,8 +448,11 @@ class Distiller(_training.Trainer):
             logit_sum = self.alpha * label_sum + (1.0 - self.alpha) * distillation_sum
             feature_logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
             if plan is not None:
-                feature_logs, example_sum, batch_sum = self._feature_terms(
-                    plan, teacher_features, student_features, example_weight
+                feature_logs, example_sum, batch_sum = plan.terms(
+                    teacher_features,
+                    student_features,
+                    self.feature_adapters,
+                    example_weight,
                 )
             examples = ops.cast(ops.shape(example_weight)[0], "float32")
             per_batch = self._regularization_loss() + batch_sum
@@ -615,24 +526,9 @@ class Distiller(_training.Trainer):
         return super().fit(x, y, *args, **kwargs)
 
     def _check_cacheable(self, cached, source):
-        """`ValueError` if cached teacher outputs meet what needs the teacher."""
-        if not cached:
-            return
-        if self._augments:
-            raise ValueError(
-                f"{source} cannot be combined with `augmentation` or "
-                "`mixup_alpha`: the teacher must see the same randomly augmented "
-                "inputs as the student, and cached logits belong to the "
-                "un-augmented images. Train online (drop the cache: "
-                "`Distiller.fit(x, y)` runs the teacher on every batch), or "
-                "build the Distiller without augmentation."
-            )
-        if self._feature_plan is not None:
-            raise ValueError(
-                f"{source} cannot be combined with `feature_losses`: they compare "
-                "the teacher's intermediate layers, which only an online teacher "
-                "computes. Train online (`Distiller.fit(x, y)` runs the teacher "
-                "on every batch), or compile without `feature_losses`."
+        if cached:
+            check_cache_compatible(
+                source, self._augments, self._feature_plan is not None
             )
 
     def check_distribution(self):

@@ -33,7 +33,7 @@ owned by the Distiller, never by the student.
 import keras
 from keras import ops
 
-from keras_kd import _models
+from keras_kd import _models, _training
 from keras_kd import feature_losses as kd_feature_losses
 
 PROTOCOL = "call_with_features"
@@ -289,3 +289,25 @@ class FeaturePlan:
                 student = adapter(student)
             values.append(ops.cast(loss.call(teacher, student), "float32"))
         return values
+
+    def terms(self, teacher_features, student_features, adapters, example_weight):
+        """`(logs, example_sum, batch_sum)` of the feature losses on one replica.
+
+        `example_sum` is the weighted sum over examples of the per-example
+        terms, `batch_sum` the weighted sum of the batch-level terms; `logs`
+        holds `(value, count)` per loss for its tracker, unweighted.
+        """
+        values = self.values(teacher_features, student_features, adapters)
+        batch_size = ops.shape(example_weight)[0]
+        local_count = ops.cast(batch_size, "float32")
+        logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
+        for loss, value in zip(self.losses, values):
+            if loss.batch_level:
+                batch_sum += loss.weight * value
+                logs.append((value, ops.ones(())))
+            else:
+                per_example = _training.per_example(value, batch_size)
+                total = ops.sum(per_example * example_weight)
+                example_sum += loss.weight * total
+                logs.append((total / local_count, local_count))
+        return logs, example_sum, batch_sum
