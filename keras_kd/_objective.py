@@ -4,6 +4,8 @@ Pure functions on `keras.ops` over outputs `(batch, ..., classes)`; the
 reduction rule (which normalizer, which weights) is `keras_kd._training`'s.
 """
 
+from typing import NamedTuple
+
 from keras import ops
 
 from keras_kd import augmentation as kd_augmentation
@@ -14,6 +16,16 @@ from keras_kd._training import (
     normalizer,
     position_weights,
 )
+
+
+class LogitTerms(NamedTuple):
+    """One replica's sums, and the normalizer shares that turn them into means."""
+
+    label_sum: object  # sum of w * mask * label loss over the positions
+    labeled: object  # the label term's share of its normalizer
+    distillation_sum: object  # sum of w * distillation loss
+    count: object  # both terms' share of the normalizer: sum(w) or positions
+    example_weight: object  # (batch,): the feature terms' per-example weights
 
 
 def distillation_values(loss_fn, temperature, teacher_logits, student_logits, targets):
@@ -58,7 +70,8 @@ def logit_terms(distiller, y, y_pred, teacher_logits, sample_weight, label_mask,
     `distiller` supplies `student_loss_fn`, `distillation_loss_fn` and
     `temperature`; the rest is the step's batch.
 
-    Returns `(label_sum, labeled, distillation_sum, count, example_weight)`:
+    Returns `LogitTerms(label_sum, labeled, distillation_sum, count,
+    example_weight)`:
     the weighted sums over positions, the label term's and both terms'
     shares of the normalizer (see `keras_kd._training`), and the
     per-example weight `(batch,)` of the feature terms. With `mixup =
@@ -91,7 +104,7 @@ def logit_terms(distiller, y, y_pred, teacher_logits, sample_weight, label_mask,
     example_weight = example_weights(mix(weights))
     if y is None:
         zero = ops.zeros(())
-        return zero, zero, distillation_sum, count, example_weight
+        return LogitTerms(zero, zero, distillation_sum, count, example_weight)
 
     def label_loss(labels):
         values = call_unreduced(distiller.student_loss_fn, labels, logits)
@@ -107,4 +120,4 @@ def logit_terms(distiller, y, y_pred, teacher_logits, sample_weight, label_mask,
         partner = label_loss(ops.take(y, partners, axis=0)) * partner_share
         label = lam * label + (1.0 - lam) * partner
     labeled = ops.sum(mix(own if per_position else mask))
-    return ops.sum(label), labeled, distillation_sum, count, example_weight
+    return LogitTerms(ops.sum(label), labeled, distillation_sum, count, example_weight)

@@ -426,69 +426,89 @@ class Distiller(_training.Trainer):
         x, teacher_logits = split_cached_inputs(x)
         self._check_cacheable(teacher_logits is not None, "Cached teacher logits")
         x, mixup = self.augment(x)
-        plan = self._feature_plan
-        teacher_features = None
-        if plan is not None:
-            teacher_outputs, teacher_features = plan.teacher(x, training=False)
-            teacher_logits = self._as_teacher_logits(teacher_outputs)
-        elif teacher_logits is None:
-            teacher_logits = self.teacher_logits(x)
-        teacher_logits = ops.stop_gradient(ops.cast(teacher_logits, "float32"))
-
+        teacher_logits, teacher_features = self._teacher_pass(x, teacher_logits)
         with tf.GradientTape() as tape:
-            if plan is None:
-                y_pred = self.student(x, training=True)
-            else:
-                y_pred, student_features = plan.student(x, training=True)
-            label_sum, labeled, distillation_sum, count, example_weight = (
-                self._logit_terms(
-                    y, y_pred, teacher_logits, sample_weight, label_mask, mixup
-                )
+            y_pred, student_features = self._student_pass(x)
+            terms = self._logit_terms(
+                y, y_pred, teacher_logits, sample_weight, label_mask, mixup
             )
-            logit_sum = self.alpha * label_sum + (1.0 - self.alpha) * distillation_sum
-            feature_logs, example_sum, batch_sum = [], ops.zeros(()), ops.zeros(())
-            if plan is not None:
-                feature_logs, example_sum, batch_sum = plan.terms(
-                    teacher_features,
-                    student_features,
-                    self.feature_adapters,
-                    example_weight,
-                )
-            examples = ops.cast(ops.shape(example_weight)[0], "float32")
-            per_batch = self._regularization_loss() + batch_sum
-            # Each replica's share of the global-batch means; the optimizer
-            # sums the replicas' gradients. Batch-level terms are one value
-            # per replica: their share is the mean over replicas.
-            replica_loss = (
-                ops.divide_no_nan(logit_sum, _distribute.global_sum(count))
-                + example_sum / _distribute.global_sum(examples)
-                + per_batch / _distribute.num_replicas()
+            features = self._feature_terms(
+                teacher_features, student_features, terms.example_weight
             )
+            replica_loss, logged_loss = self._total_loss(terms, features)
             scaled_loss = self.optimizer.scale_loss(replica_loss)
-
         variables = self.student.trainable_variables + self._adapter_variables()
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
-
-        self._loss_tracker.update_state(
-            ops.divide_no_nan(logit_sum, count) + example_sum / examples + per_batch,
-            sample_weight=examples,
-        )
-        trackers = () if plan is None else plan.trackers
-        for tracker, (value, weight) in zip(trackers, feature_logs):
-            tracker.update_state(value, sample_weight=weight)
-        student_tracker, distillation_tracker = self._kd_trackers
-        student_tracker.update_state(
-            ops.divide_no_nan(label_sum, labeled), sample_weight=labeled
-        )
-        distillation_tracker.update_state(
-            ops.divide_no_nan(distillation_sum, count), sample_weight=count
-        )
+        self._update_trackers(logged_loss, terms, features)
         if y is not None:
             self._update_metrics(
                 *self._metric_view(y, y_pred, sample_weight, label_mask, mixup)
             )
         return _distribute.replica_logs(self.get_metrics_result())
+
+    def _teacher_pass(self, x, cached_logits):
+        """`(teacher_logits, teacher_features)`: float32 constants."""
+        plan, features = self._feature_plan, None
+        if plan is not None:
+            outputs, features = plan.teacher(x, training=False)
+            cached_logits = self._as_teacher_logits(outputs)
+        elif cached_logits is None:
+            cached_logits = self.teacher_logits(x)
+        return ops.stop_gradient(ops.cast(cached_logits, "float32")), features
+
+    def _student_pass(self, x):
+        """`(student_outputs, student_features)`, in training mode."""
+        if self._feature_plan is None:
+            return self.student(x, training=True), None
+        return self._feature_plan.student(x, training=True)
+
+    def _feature_terms(self, teacher_features, student_features, example_weight):
+        """`(logs, example_sum, batch_sum)`; see `FeaturePlan.terms`."""
+        if self._feature_plan is None:
+            return [], ops.zeros(()), ops.zeros(())
+        return self._feature_plan.terms(
+            teacher_features, student_features, self.feature_adapters, example_weight
+        )
+
+    def _total_loss(self, terms, features):
+        """`(replica_loss, logged_loss)`: this replica's share, and its own mean.
+
+        Each replica divides by the global normalizers and the optimizer sums
+        the replicas' gradients; batch-level terms (regularization, RKD, SP)
+        are one value per replica, so their share is the mean over replicas.
+        """
+        _, example_sum, batch_sum = features
+        logit_sum = (
+            self.alpha * terms.label_sum + (1.0 - self.alpha) * terms.distillation_sum
+        )
+        examples = ops.cast(ops.shape(terms.example_weight)[0], "float32")
+        per_batch = self._regularization_loss() + batch_sum
+        replica_loss = (
+            ops.divide_no_nan(logit_sum, _distribute.global_sum(terms.count))
+            + example_sum / _distribute.global_sum(examples)
+            + per_batch / _distribute.num_replicas()
+        )
+        logged = ops.divide_no_nan(logit_sum, terms.count) + example_sum / examples
+        return replica_loss, logged + per_batch
+
+    def _update_trackers(self, logged_loss, terms, features):
+        examples = ops.cast(ops.shape(terms.example_weight)[0], "float32")
+        self._loss_tracker.update_state(logged_loss, sample_weight=examples)
+        plan_trackers = (
+            () if self._feature_plan is None else self._feature_plan.trackers
+        )
+        for tracker, (value, weight) in zip(plan_trackers, features[0]):
+            tracker.update_state(value, sample_weight=weight)
+        student_tracker, distillation_tracker = self._kd_trackers
+        student_tracker.update_state(
+            ops.divide_no_nan(terms.label_sum, terms.labeled),
+            sample_weight=terms.labeled,
+        )
+        distillation_tracker.update_state(
+            ops.divide_no_nan(terms.distillation_sum, terms.count),
+            sample_weight=terms.count,
+        )
 
     @staticmethod
     def _metric_view(y, y_pred, sample_weight, label_mask, mixup):
