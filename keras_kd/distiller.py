@@ -1,5 +1,7 @@
 """`Distiller`: a `keras.Model` that trains a student to match a frozen teacher."""
 
+from collections.abc import Callable
+
 import keras
 import numpy as np
 import tensorflow as tf
@@ -169,15 +171,15 @@ class Distiller(_training.Trainer):
 
     def __init__(
         self,
-        student,
-        teacher,
-        teacher_outputs="logits",
-        augmentation=None,
-        mixup_alpha=None,
-        mixup_seed=None,
-        name="distiller",
+        student: keras.Model,
+        teacher: keras.Model,
+        teacher_outputs: str = "logits",
+        augmentation: keras.layers.Layer | list | None = None,
+        mixup_alpha: float | None = None,
+        mixup_seed: int | None = None,
+        name: str = "distiller",
         **kwargs,
-    ):
+    ) -> None:
         super().__init__(name=name, **kwargs)
         augmentation = kd_augmentation.resolve_augmentation(augmentation)
         mixup_alpha = kd_augmentation.check_mixup_alpha(mixup_alpha)
@@ -244,15 +246,15 @@ class Distiller(_training.Trainer):
 
     def compile(
         self,
-        optimizer="adam",
-        metrics=None,
-        student_loss_fn=None,
-        distillation_loss_fn=None,
-        alpha=0.1,
-        temperature=None,
-        feature_losses=None,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        metrics: list | None = None,
+        student_loss_fn: str | Callable | None = None,
+        distillation_loss_fn: str | Callable | None = None,
+        alpha: float = 0.1,
+        temperature: float | None = None,
+        feature_losses: list | None = None,
         **kwargs,
-    ):
+    ) -> None:
         """Configures the distiller for training.
 
         The signature is the keras.io "Knowledge Distillation" example's, so
@@ -551,7 +553,7 @@ class Distiller(_training.Trainer):
                 source, self._augments, self._feature_plan is not None
             )
 
-    def check_distribution(self):
+    def check_distribution(self) -> None:
         """Raises `ValueError` if the student or optimizer has another strategy.
 
         The student's variables and the optimizer (created by `compile`) must
@@ -573,7 +575,7 @@ class Distiller(_training.Trainer):
                 "The optimizer (made by `compile`) was",
             )
 
-    def check_transfer_data(self, x, y=None):
+    def check_transfer_data(self, x, y=None) -> None:
         """Raises `ValueError` if the data is empty or the models do not fit it.
 
         A few examples go through the teacher and the student, eagerly: a

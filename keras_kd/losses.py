@@ -35,7 +35,7 @@ from keras_kd.feature_losses import (  # noqa: F401
 _LOG_2 = 0.6931471805599453
 
 
-def tempered_log_softmax(logits, temperature):
+def tempered_log_softmax(logits, temperature: float):
     """Returns `log(softmax(logits / temperature))` in float32, computed stably.
 
     Args:
@@ -49,7 +49,7 @@ def tempered_log_softmax(logits, temperature):
     return ops.log_softmax(logits / temperature, axis=-1)
 
 
-def kd_loss(teacher_logits, student_logits, temperature=3.0):
+def kd_loss(teacher_logits, student_logits, temperature: float = 3.0):
     """Hinton's tempered KL divergence, per example, with the T² factor.
 
     `T² * KL(softmax(teacher_logits / T) || softmax(student_logits / T))`
@@ -120,11 +120,11 @@ class KDLoss(keras.losses.Loss):
 
     def __init__(
         self,
-        temperature=3.0,
-        reduction="sum_over_batch_size",
-        name="kd_loss",
-        dtype="float32",
-    ):
+        temperature: float = 3.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "kd_loss",
+        dtype: str = "float32",
+    ) -> None:
         temperature = check_temperature(temperature)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = temperature
@@ -165,9 +165,14 @@ def _log_one_minus(log_p, log_rest):
 
 
 def dkd_loss(
-    teacher_logits, student_logits, labels, alpha=1.0, beta=8.0, temperature=4.0
+    teacher_logits,
+    student_logits,
+    labels,
+    alpha: float = 1.0,
+    beta: float = 8.0,
+    temperature: float = 4.0,
 ):
-    """Decoupled knowledge distillation (DKD), per example, with the T² factor.
+    """Decoupled knowledge distillation (DKD), per position, with the T² factor.
 
     DKD splits Hinton's KL into a target-class and a non-target-class part
     and weighs them separately:
@@ -290,13 +295,13 @@ class DKD(keras.losses.Loss):
 
     def __init__(
         self,
-        alpha=1.0,
-        beta=8.0,
-        temperature=4.0,
-        reduction="sum_over_batch_size",
-        name="dkd",
-        dtype="float32",
-    ):
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        reduction: str = "sum_over_batch_size",
+        name: str = "dkd",
+        dtype: str = "float32",
+    ) -> None:
         temperature = check_temperature(temperature)
         alpha = check_nonnegative(alpha, "alpha")
         beta = check_nonnegative(beta, "beta")

@@ -1,5 +1,7 @@
 """`MutualLearning`: two or more students that teach each other while training."""
 
+from collections.abc import Callable
+
 import keras
 import tensorflow as tf
 from keras import ops
@@ -65,7 +67,7 @@ class MutualLearning(_training.Trainer):
         https://arxiv.org/abs/1706.00384
     """
 
-    def __init__(self, students, name="mutual_learning", **kwargs):
+    def __init__(self, students: list, name: str = "mutual_learning", **kwargs) -> None:
         super().__init__(name=name, **kwargs)
         if isinstance(students, keras.Model) or not isinstance(students, (list, tuple)):
             raise ValueError(
@@ -102,13 +104,13 @@ class MutualLearning(_training.Trainer):
 
     def compile(
         self,
-        optimizer="adam",
-        metrics=None,
-        student_loss_fn=None,
-        alpha=0.5,
-        temperature=1.0,
+        optimizer: str | keras.optimizers.Optimizer = "adam",
+        metrics: list | None = None,
+        student_loss_fn: str | Callable | None = None,
+        alpha: float = 0.5,
+        temperature: float = 1.0,
         **kwargs,
-    ):
+    ) -> None:
         """Configures mutual learning.
 
         Args:
