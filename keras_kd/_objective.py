@@ -16,6 +16,11 @@ from keras_kd._training import (
     normalizer,
     position_weights,
 )
+from keras_kd.losses import DistillationLoss
+
+
+def _needs_labels(loss_fn):
+    return isinstance(loss_fn, DistillationLoss) and loss_fn.needs_labels
 
 
 class LogitTerms(NamedTuple):
@@ -31,13 +36,13 @@ class LogitTerms(NamedTuple):
 def distillation_values(loss_fn, temperature, teacher_logits, student_logits, targets):
     """The distillation loss at each position, T² included.
 
-    A loss with `needs_labels` (DKD) gets the class `targets` per position;
-    one with `takes_logits` (every keras_kd loss) the raw logits; any other
+    A `keras_kd.losses.DistillationLoss` gets the raw logits (and, with
+    `needs_labels`, the class `targets` per position); any other loss
     (`keras.losses.KLDivergence()`) `fn(softmax(t/T), softmax(s/T)) * T²`.
     """
-    if getattr(loss_fn, "needs_labels", False):
+    if _needs_labels(loss_fn):
         values = loss_fn.call(teacher_logits, student_logits, labels=targets)
-    elif getattr(loss_fn, "takes_logits", False):
+    elif isinstance(loss_fn, DistillationLoss):
         values = call_unreduced(loss_fn, teacher_logits, student_logits)
     else:
         values = call_unreduced(
@@ -91,7 +96,7 @@ def logit_terms(distiller, y, y_pred, teacher_logits, sample_weight, label_mask,
     if mask is not None:
         mask = at_positions(mask, logits, "label mask")
     targets = None
-    if getattr(distiller.distillation_loss_fn, "needs_labels", False):
+    if _needs_labels(distiller.distillation_loss_fn):
         targets = label_targets(teacher_logits, y, mask, mixup)
     distillation = distillation_values(
         distiller.distillation_loss_fn,

@@ -270,13 +270,13 @@ class Distiller(_training.Trainer):
                 `keras.losses.SparseCategoricalCrossentropy(from_logits=True)`.
             distillation_loss_fn: Distillation loss. `None` uses
                 `keras_kd.losses.KDLoss`, a tempered KL computed from
-                log-softmax in float32. A loss with a `takes_logits = True`
-                attribute (every `keras_kd.losses` class) gets the raw
-                logits and applies its own temperature; one with
-                `needs_labels = True` is called as
+                log-softmax in float32. A
+                `keras_kd.losses.DistillationLoss` (`KDLoss`, `DKD`, or your
+                subclass) gets the raw logits and applies its own
+                temperature; one with `needs_labels = True` is called as
                 `loss.call(teacher_logits, student_logits, labels=...)` with
                 the sparse label, or the teacher's top class for unlabeled
-                examples and one-hot labels. Any other loss, such
+                positions and one-hot labels. Any other loss, such
                 as `keras.losses.KLDivergence()`, is called as in the keras.io
                 example, `fn(softmax(t/T), softmax(s/T))`, and multiplied by
                 T². Defaults to `None`.
@@ -322,7 +322,7 @@ class Distiller(_training.Trainer):
         ```
         """
         own_temperature = getattr(distillation_loss_fn, "temperature", None)
-        takes_logits = getattr(distillation_loss_fn, "takes_logits", False)
+        takes_logits = isinstance(distillation_loss_fn, kd_losses.DistillationLoss)
         if takes_logits and own_temperature is not None:
             if temperature is not None and temperature != own_temperature:
                 raise ValueError(

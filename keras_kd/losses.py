@@ -49,6 +49,25 @@ def tempered_log_softmax(logits, temperature: float):
     return ops.log_softmax(logits / temperature, axis=-1)
 
 
+@keras.saving.register_keras_serializable(package="keras_kd")
+class DistillationLoss(keras.losses.Loss):
+    """The base of the losses that compare teacher and student logits.
+
+    `call(teacher_logits, student_logits)` receives the raw logits
+    `(batch, ..., classes)` and returns one value per position; the loss
+    applies its own temperature and T² factor, and `keras_kd.Distiller`
+    uses its `temperature`. A subclass with `needs_labels = True` is called
+    as `call(teacher_logits, student_logits, labels=...)` with the class at
+    each position: the label where there is one, the teacher's top class
+    elsewhere. Any loss that is not a `DistillationLoss` (for example
+    `keras.losses.KLDivergence()`) receives `softmax(t/T), softmax(s/T)` and
+    is multiplied by T², as in the keras.io example.
+    """
+
+    needs_labels = False
+    temperature = None
+
+
 def kd_loss(teacher_logits, student_logits, temperature: float = 3.0):
     """Hinton's tempered KL divergence, per example, with the T² factor.
 
@@ -91,7 +110,7 @@ def kd_loss(teacher_logits, student_logits, temperature: float = 3.0):
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class KDLoss(keras.losses.Loss):
+class KDLoss(DistillationLoss):
     """Hinton's tempered KL divergence as a Keras loss, T² factor included.
 
     `loss = T² * KL(softmax(y_true / T) || softmax(y_pred / T))`, where
@@ -115,8 +134,6 @@ class KDLoss(keras.losses.Loss):
         Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
         2015, https://arxiv.org/abs/1503.02531
     """
-
-    takes_logits = True
 
     def __init__(
         self,
@@ -254,7 +271,7 @@ def dkd_loss(
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
-class DKD(keras.losses.Loss):
+class DKD(DistillationLoss):
     """Decoupled knowledge distillation as a Keras loss, T² factor included.
 
     `loss = T² * (alpha * TCKD + beta * NCKD)`, the target-class KL
@@ -290,7 +307,6 @@ class DKD(keras.losses.Loss):
         CVPR 2022, https://arxiv.org/abs/2203.08679
     """
 
-    takes_logits = True
     needs_labels = True
 
     def __init__(

@@ -475,7 +475,7 @@ def test_distilled_student_beats_scratch_on_real_mnist(mnist_teacher, seed):
 
 
 def test_label_aware_losses_get_labels_or_the_teachers_top_class(distiller):
-    class EchoLabels(keras.losses.Loss):
+    class EchoLabels(keras_kd.losses.DistillationLoss):
         """A 'loss' equal to the label it receives, to see what it was given."""
 
         needs_labels = True
@@ -489,5 +489,5 @@ def test_label_aware_losses_get_labels_or_the_teachers_top_class(distiller):
     )
     teacher_top = np.argmax(np.array(reference.matmul(X, TEACHER_KERNEL)), axis=1)
     expected = np.where(partial >= 0, partial, teacher_top)
-    # Like `takes_logits` losses, it applies its own scaling: no T² added.
+    # A DistillationLoss applies its own scaling: no T² added.
     assert logs["distillation_loss"] == pytest.approx(expected.mean())

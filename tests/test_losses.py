@@ -209,7 +209,12 @@ def test_dkd_class_uses_teacher_top_class_alone_and_round_trips():
     restored = keras.losses.deserialize(keras.losses.serialize(loss))
     assert isinstance(restored, DKD)
     assert (restored.alpha, restored.beta, restored.temperature) == (0.5, 2.0, 2.0)
-    assert restored.needs_labels and restored.takes_logits
+    assert restored.needs_labels and isinstance(
+        restored, keras_kd.losses.DistillationLoss
+    )
+    assert not KDLoss().needs_labels and isinstance(
+        KDLoss(), keras_kd.losses.DistillationLoss
+    )
     assert float(restored(teacher, student)) == pytest.approx(expected, rel=1e-4)
 
 
