@@ -32,9 +32,11 @@ class MutualLearning(_training.Trainer):
 
     `fit` needs labels (with no label at all the students can agree on
     anything); sparse integer labels below 0 mark unlabeled examples, which
-    contribute the KL term only. Per-example losses are reduced as in
-    `keras_kd.Distiller`: `sum(loss * sample_weight)` over the global batch
-    divided by its size, so several replicas give the one-device result; each
+    contribute the KL term only. Outputs may have any rank (`(batch, time,
+    vocab)` too), and the terms are reduced per position as in
+    `keras_kd.Distiller` (`sum(loss * w) / sum(w)` for a per-position
+    `sample_weight`, Keras' `sum_over_batch_size` otherwise), over the global
+    batch, so several replicas give the one-device result; each
     student's regularization losses are added. `fit` logs `loss` (the sum over
     students), `student_<k>_loss` (label loss), `mutual_<k>_loss` (the T²
     KL) per student, and the compiled metrics on the first student.
