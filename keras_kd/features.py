@@ -34,7 +34,7 @@ import keras
 from keras import ops
 
 from keras_kd import _models, _training
-from keras_kd import feature_losses as kd_feature_losses
+from keras_kd import losses as kd_losses
 
 PROTOCOL = "call_with_features"
 _ADAPTER_PREFIX = "feature_adapter_"
@@ -197,10 +197,10 @@ def adapter_widths_from_shapes(shapes):
 def resolve_feature_losses(feature_losses):
     if feature_losses is None:
         return []
-    if isinstance(feature_losses, kd_feature_losses.FeatureLoss):
+    if isinstance(feature_losses, kd_losses.FeatureLoss):
         return [feature_losses]
     if isinstance(feature_losses, (list, tuple)) and all(
-        isinstance(loss, kd_feature_losses.FeatureLoss) for loss in feature_losses
+        isinstance(loss, kd_losses.FeatureLoss) for loss in feature_losses
     ):
         return list(feature_losses)
     raise ValueError(

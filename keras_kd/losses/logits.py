@@ -1,11 +1,7 @@
-"""Distillation losses: pure `keras.ops` functions and `keras.losses.Loss` classes.
+"""Losses on logits: Hinton's tempered KL (KD) and decoupled KD (DKD).
 
-The logits losses (KD, DKD) are defined here; the feature and relation losses
-(`HintLoss`, `AttentionTransfer`, `RKD`, `SimilarityPreserving` and their
-functions) in `keras_kd.feature_losses`, and re-exported here.
-
-Every function here takes logits `(batch, ..., classes)` and returns one value
-per position (shape `(batch, ...)`), like
+Every function takes logits `(batch, ..., classes)` and returns one value per
+position (shape `(batch, ...)`), like
 `keras.losses.sparse_categorical_crossentropy`; the Loss classes reduce them
 with the usual Keras `reduction`. All math runs in float32, whatever the input
 dtype, so that mixed-precision logits do not overflow in `exp`.
@@ -15,22 +11,7 @@ import keras
 from keras import ops
 
 from keras_kd._validation import check_nonnegative, check_temperature
-
-# Losses on intermediate features live in their own module; `keras_kd.losses`
-# is where users find every loss.
-from keras_kd.feature_losses import (  # noqa: F401
-    RKD,
-    AttentionTransfer,
-    FeatureLoss,
-    HintLoss,
-    SimilarityPreserving,
-    attention_map,
-    attention_transfer_loss,
-    hint_loss,
-    rkd_angle_loss,
-    rkd_distance_loss,
-    similarity_preserving_loss,
-)
+from keras_kd.losses.base import DistillationLoss
 
 _LOG_2 = 0.6931471805599453
 
@@ -47,25 +28,6 @@ def tempered_log_softmax(logits, temperature: float):
     """
     logits = ops.cast(logits, "float32")
     return ops.log_softmax(logits / temperature, axis=-1)
-
-
-@keras.saving.register_keras_serializable(package="keras_kd")
-class DistillationLoss(keras.losses.Loss):
-    """The base of the losses that compare teacher and student logits.
-
-    `call(teacher_logits, student_logits)` receives the raw logits
-    `(batch, ..., classes)` and returns one value per position; the loss
-    applies its own temperature and T² factor, and `keras_kd.Distiller`
-    uses its `temperature`. A subclass with `needs_labels = True` is called
-    as `call(teacher_logits, student_logits, labels=...)` with the class at
-    each position: the label where there is one, the teacher's top class
-    elsewhere. Any loss that is not a `DistillationLoss` (for example
-    `keras.losses.KLDivergence()`) receives `softmax(t/T), softmax(s/T)` and
-    is multiplied by T², as in the keras.io example.
-    """
-
-    needs_labels = False
-    temperature = None
 
 
 def kd_loss(teacher_logits, student_logits, temperature: float = 3.0):
