@@ -179,7 +179,7 @@ def feature_methods(teacher, student):
         "KD (alpha 0.1, T 4), online": [],
         "KD + FitNets hints (dense, adapter 32 -> 128)": [HintLoss(t_dense, s_dense)],
         "KD + attention transfer (conv 2, weight 500)": [
-            AttentionTransfer(t_conv, s_conv)
+            AttentionTransfer(t_conv, s_conv, weight=500.0)  # as RESULTS.md ran it
         ],
         "KD + RKD (dense; distance 25, angle 50)": [RKD(t_dense, s_dense)],
         "KD + similarity-preserving (dense, weight 3000)": [
