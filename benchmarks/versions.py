@@ -61,7 +61,10 @@ def worker(args):
     seconds = time.perf_counter() - start
     steady = statistics.median(b - a for a, b in zip(epoch_ends, epoch_ends[1:]))
     loss = history.history["loss"][-1]
-    print(json.dumps({"seconds": seconds, "epoch": steady, "loss": loss}))
+    epochs = [b - a for a, b in zip([start] + epoch_ends, epoch_ends)]
+    print(
+        json.dumps({"seconds": seconds, "epoch": steady, "loss": loss, "all": epochs})
+    )
 
 
 def train_teacher(path):
@@ -107,6 +110,7 @@ def main():
     parser.add_argument("--new", default=ROOT)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--package-dir", help=argparse.SUPPRESS)
     parser.add_argument("--mode", choices=MODES, help=argparse.SUPPRESS)
@@ -119,7 +123,8 @@ def main():
     teacher = os.path.join(tempfile.mkdtemp(), "teacher.weights.h5")
     train_teacher(teacher)
     versions = {"old": os.path.abspath(args.old), "new": os.path.abspath(args.new)}
-    ratios = {(mode, key): [] for mode in MODES for key in ("seconds", "epoch")}
+    modes = args.modes
+    ratios = {(mode, key): [] for mode in modes for key in ("seconds", "epoch")}
     print(
         "| repetition | mode | old (s) | new (s) | new / old | steady epoch "
         "new / old | loss old, new |"
@@ -127,7 +132,7 @@ def main():
     print("|---|---|---|---|---|---|---|")
     for repetition in range(args.repeats):
         order = ["old", "new"] if repetition % 2 == 0 else ["new", "old"]
-        for mode in MODES:
+        for mode in modes:
             result = {v: run(versions[v], mode, teacher, args.epochs) for v in order}
             for key in ("seconds", "epoch"):
                 ratios[mode, key].append(result["new"][key] / result["old"][key])
