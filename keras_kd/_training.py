@@ -39,12 +39,17 @@ def split_unlabeled(y):
     stays finite; `mask` is `None` for other labels (one-hot, float, nested
     structures), which are all taken as given.
     """
-    if y is None or not hasattr(y, "dtype") or not hasattr(y, "shape"):
-        return y, None
-    if not keras.backend.standardize_dtype(y.dtype).startswith("int"):
+    if not is_sparse(y):
         return y, None
     labeled = ops.greater_equal(y, 0)
     return ops.where(labeled, y, ops.zeros_like(y)), ops.cast(labeled, "float32")
+
+
+def is_sparse(y) -> bool:
+    """Whether `y` is a tensor or array of integer class indices."""
+    if y is None or not hasattr(y, "dtype") or not hasattr(y, "shape"):
+        return False
+    return keras.backend.standardize_dtype(y.dtype).startswith("int")
 
 
 def _static_positions(logits) -> tuple:
@@ -117,7 +122,9 @@ def normalizer(weights, per_position: bool, mask=None):
     positions that count.
     """
     if mask is None:
-        mask = ops.ones_like(weights)
+        if per_position:
+            return ops.sum(weights)
+        return ops.cast(ops.size(weights), "float32")
     if per_position:
         return ops.sum(weights * mask)
     return ops.sum(mask)
@@ -249,7 +256,7 @@ def check_labels(y, logits) -> None:
         return
     classes, positions = logits.shape[-1], tuple(logits.shape[:-1])
     shape = tuple(y.shape)
-    if keras.backend.standardize_dtype(y.dtype).startswith("int"):
+    if is_sparse(y):
         classifier_column = len(positions) == 1 and shape[1:] == (1,)
         if shape[1:] != positions[1:] and not classifier_column:
             raise ValueError(

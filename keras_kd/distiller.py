@@ -35,6 +35,11 @@ def _resolve_distillation_loss(loss_fn, temperature):
     return loss_fn
 
 
+def _examples(example_weight):
+    """The number of examples on this replica, float32."""
+    return ops.cast(ops.shape(example_weight)[0], "float32")
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class Distiller(_training.Trainer):
     """Trains a student to match a frozen teacher's softened outputs.
@@ -484,7 +489,7 @@ class Distiller(_training.Trainer):
         logit_sum = (
             self.alpha * terms.label_sum + (1.0 - self.alpha) * terms.distillation_sum
         )
-        examples = ops.cast(ops.shape(terms.example_weight)[0], "float32")
+        examples = _examples(terms.example_weight)
         per_batch = self._regularization_loss() + batch_sum
         replica_loss = (
             ops.divide_no_nan(logit_sum, _distribute.global_sum(terms.count))
@@ -495,8 +500,9 @@ class Distiller(_training.Trainer):
         return replica_loss, logged + per_batch
 
     def _update_trackers(self, logged_loss, terms, features):
-        examples = ops.cast(ops.shape(terms.example_weight)[0], "float32")
-        self._loss_tracker.update_state(logged_loss, sample_weight=examples)
+        self._loss_tracker.update_state(
+            logged_loss, sample_weight=_examples(terms.example_weight)
+        )
         plan_trackers = (
             () if self._feature_plan is None else self._feature_plan.trackers
         )
