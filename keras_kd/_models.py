@@ -72,3 +72,45 @@ def softmax_message(role: str) -> str:
         f"The {role} outputs probabilities (a softmax head), but logits are "
         f"expected. {fix}."
     )
+
+
+def check_class_counts(student_classes, teacher_classes) -> None:
+    """`ValueError` unless both models output the same number of classes."""
+    if student_classes != teacher_classes:
+        raise ValueError(
+            f"The teacher outputs {teacher_classes} classes and the student "
+            f"{student_classes}: they must output the same classes, in the "
+            "same order."
+        )
+
+
+def check_pair(student, teacher, teacher_gives_logits: bool) -> None:
+    """What the graphs tell before any data: two distinct models of logits.
+
+    `ValueError` if either is not a `keras.Model`, the student is the
+    teacher, a model that must give logits ends in a softmax, or the static
+    class counts differ.
+    """
+    check_model(student, "student")
+    check_model(teacher, "teacher")
+    if student is teacher:
+        raise ValueError(
+            "`student` and `teacher` are the same model object. Distill "
+            "into a new model (for example `keras.models.clone_model`)."
+        )
+    if teacher_gives_logits and ends_in_softmax(teacher):
+        raise ValueError(softmax_message("teacher"))
+    if ends_in_softmax(student):
+        raise ValueError(softmax_message("student"))
+    classes = (num_classes(student), num_classes(teacher))
+    if None not in classes:
+        check_class_counts(*classes)
+
+
+def check_outputs(student_logits, teacher_logits, teacher_gives_logits: bool):
+    """What a probe batch tells: logits, not probabilities, of equal widths."""
+    if teacher_gives_logits and looks_like_probabilities(teacher_logits):
+        raise ValueError(softmax_message("teacher"))
+    if looks_like_probabilities(student_logits):
+        raise ValueError(softmax_message("student"))
+    check_class_counts(student_logits.shape[-1], teacher_logits.shape[-1])

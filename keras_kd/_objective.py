@@ -6,9 +6,10 @@ reduction rule (which normalizer, which weights) is `keras_kd._training`'s.
 
 from typing import NamedTuple
 
+import keras
 from keras import ops
 
-from keras_kd import augmentation as kd_augmentation
+from keras_kd import _distribute
 from keras_kd._training import (
     at_positions,
     call_unreduced,
@@ -16,7 +17,9 @@ from keras_kd._training import (
     normalizer,
     position_weights,
 )
-from keras_kd.losses import DistillationLoss
+from keras_kd.losses import DistillationLoss, KDLoss
+
+_DEFAULT_TEMPERATURE = 3.0
 
 
 def _needs_labels(loss_fn):
@@ -63,8 +66,7 @@ def label_targets(teacher_logits, labels, mask, mixup):
     if mask is None:
         return target
     if mixup is not None:
-        labels = kd_augmentation.dominant(labels, *mixup)
-        mask = kd_augmentation.dominant(mask, *mixup)
+        labels, mask = mixup.dominant(labels), mixup.dominant(mask)
     labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(target))
     return ops.where(ops.cast(mask, "bool"), labels, target)
 
@@ -79,18 +81,17 @@ def logit_terms(distiller, y, y_pred, teacher_logits, sample_weight, label_mask,
     example_weight)`:
     the weighted sums over positions, the label term's and both terms'
     shares of the normalizer (see `keras_kd._training`), and the
-    per-example weight `(batch,)` of the feature terms. With `mixup =
-    (lam, partners)`, position `i` mixes example `i` (share `lam`) with
-    `partners[i]`: each share carries its own label, mask and weight.
+    per-example weight `(batch,)` of the feature terms. With `mixup`, a
+    `keras_kd.augmentation.MixupDraw`, position `i` mixes example `i` (share
+    `lam`) with `partners[i]`: each share carries its own label, mask and
+    weight.
     """
     logits = ops.cast(y_pred, "float32")
     weights, per_position = position_weights(sample_weight, logits)
     count = normalizer(weights, per_position)
 
     def mix(values):
-        if mixup is None:
-            return values
-        return kd_augmentation.mix_per_example(values, *mixup)
+        return values if mixup is None else mixup.mix(values)
 
     mask = label_mask
     if mask is not None:
@@ -120,9 +121,63 @@ def logit_terms(distiller, y, y_pred, teacher_logits, sample_weight, label_mask,
     own = mask * weights
     label = label_loss(y) * own
     if mixup is not None:
-        lam, partners = mixup
-        partner_share = ops.take(own, partners, axis=0)
-        partner = label_loss(ops.take(y, partners, axis=0)) * partner_share
-        label = lam * label + (1.0 - lam) * partner
+        partner = label_loss(mixup.partner(y)) * mixup.partner(own)
+        label = mixup.lam * label + (1.0 - mixup.lam) * partner
     labeled = ops.sum(mix(own if per_position else mask))
     return LogitTerms(ops.sum(label), labeled, distillation_sum, count, example_weight)
+
+
+def resolve_distillation_loss(loss_fn, temperature):
+    """`(loss, temperature)` for `Distiller.compile`'s two arguments.
+
+    A `keras_kd` loss brings its own temperature, which `temperature` may
+    repeat but not contradict; `None` is `KDLoss` at `temperature` (3 by
+    default); a Keras loss or its name is called on tempered softmaxes.
+    """
+    own = getattr(loss_fn, "temperature", None)
+    if isinstance(loss_fn, DistillationLoss) and own is not None:
+        if temperature is not None and temperature != own:
+            raise ValueError(
+                f"`temperature={temperature!r}` contradicts the distillation "
+                f"loss's own temperature {own!r}. Set it in one place only."
+            )
+        temperature = own
+    if temperature is None:
+        temperature = _DEFAULT_TEMPERATURE
+    if loss_fn is None:
+        return KDLoss(temperature=temperature), temperature
+    if isinstance(loss_fn, str):
+        return keras.losses.get(loss_fn), temperature
+    if not callable(loss_fn):
+        raise ValueError(
+            "`distillation_loss_fn` must be a Keras loss (for example "
+            "`keras.losses.KLDivergence()`), a loss function or its name, or "
+            f"None for keras_kd's stable tempered KL; got {loss_fn!r}."
+        )
+    return loss_fn, temperature
+
+
+def examples(example_weight):
+    """The number of examples on this replica, float32."""
+    return ops.cast(ops.shape(example_weight)[0], "float32")
+
+
+def total_loss(alpha, terms, example_sum, per_batch):
+    """`(replica_loss, logged_loss)`: this replica's share, and its own mean.
+
+    `alpha * label + (1 - alpha) * distillation` over the positions, plus
+    the per-example feature sum `example_sum` over the examples, plus the
+    batch-level terms `per_batch` (regularization, RKD, SP). Each replica
+    divides by the global normalizers and the optimizer sums the replicas'
+    gradients; batch-level terms are one value per replica, so their share
+    is the mean over replicas.
+    """
+    logit_sum = alpha * terms.label_sum + (1.0 - alpha) * terms.distillation_sum
+    count = examples(terms.example_weight)
+    replica_loss = (
+        ops.divide_no_nan(logit_sum, _distribute.global_sum(terms.count))
+        + example_sum / _distribute.global_sum(count)
+        + per_batch / _distribute.num_replicas()
+    )
+    logged = ops.divide_no_nan(logit_sum, terms.count) + example_sum / count
+    return replica_loss, logged + per_batch

@@ -344,6 +344,29 @@ class Trainer(keras.Model):
     def _regularization_loss(self):
         return regularization_loss(self._trained_models)
 
+    def _strategy_bound_variables(self, strategy) -> list:
+        """`(subject, variables)` that must belong to `strategy`."""
+        return [
+            (f"The variables of {model.name!r} were", model.variables)
+            for model in self._trained_models
+        ]
+
+    def check_distribution(self) -> None:
+        """Raises `ValueError` if a trained model or the optimizer has another strategy.
+
+        The trained variables and the optimizer (created by `compile`) must
+        belong to the strategy `fit` runs under; otherwise TensorFlow fails
+        inside the first step with an unrelated message.
+        """
+        strategy = self.distribute_strategy
+        bound = self._strategy_bound_variables(strategy)
+        if self.compiled and self.optimizer is not None:
+            bound.append(
+                ("The optimizer (made by `compile`) was", [self.optimizer.iterations])
+            )
+        for subject, variables in bound:
+            _distribute.check_variables(strategy, variables, subject)
+
     def _update_metrics(self, y, y_pred, sample_weight, label_mask=None):
         """Updates the compiled metrics on the labeled positions only.
 

@@ -1,9 +1,13 @@
-"""Mixup for distillation: draw a mixing weight and partners, mix a batch.
+"""Consistent augmentation and mixup for distillation.
 
-`Distiller(..., mixup_alpha=a)` mixes every training batch with a permutation
-of itself, `x' = lam * x + (1 - lam) * x[partners]`, `lam ~ Beta(a, a)` once
-per batch, before the teacher and the student see it. The functions here are
-the pure pieces of that step, so that they can be checked by hand.
+`Distiller(..., augmentation=layer)` passes every training batch once through
+the augmentation, and both models see the result. `Distiller(...,
+mixup_alpha=a)` then mixes the batch with a permutation of itself, `x' = lam *
+x + (1 - lam) * x[partners]`, `lam ~ Beta(a, a)` once per batch, before the
+teacher and the student see it. `Mixup` is that step (seeded, saved with the
+distiller's config); the functions below are its pure pieces, so that they
+can be checked by hand. A `MixupDraw` carries one step's `(lam, partners)` to
+the losses: each position's label loss, mask and weight mix the same way.
 
 The draws are stateless (`tf.random.stateless_*`, seeded by the optimizer's
 step counter), which keeps them XLA-compatible (`keras.random.beta` is not:
@@ -16,8 +20,10 @@ Reference:
 """
 
 import math
+from typing import NamedTuple
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -163,6 +169,55 @@ def dominant(values, lam, partners):
     return ops.where(
         ops.greater_equal(lam, 0.5), values, ops.take(values, partners, axis=0)
     )
+
+
+class MixupDraw(NamedTuple):
+    """One step's mixup: the weight `lam` and each example's partner."""
+
+    lam: object  # float32 scalar
+    partners: object  # int32 (batch,)
+
+    def mix(self, values):
+        """`lam * values + (1 - lam) * values[partners]`, float32 `(batch,)`."""
+        return mix_per_example(values, self.lam, self.partners)
+
+    def dominant(self, values):
+        """Each example's value where `lam >= 0.5`, else its partner's."""
+        return dominant(values, self.lam, self.partners)
+
+    def partner(self, values):
+        """`values[partners]`: each example's partner's value."""
+        return ops.take(values, self.partners, axis=0)
+
+
+class Mixup:
+    """Mixes each training batch with a permutation of itself.
+
+    `lam ~ Beta(alpha, alpha)` and the partners are drawn from a stateless
+    seed `(step, seed)`: the same step of a resumed run draws the same mix.
+
+    Args:
+        alpha: Concentration `a > 0` of `Beta(a, a)`.
+        seed: Integer seed, or `None` to draw one from NumPy's global
+            generator (which `keras.utils.set_random_seed` seeds).
+    """
+
+    def __init__(self, alpha: float, seed: int | None = None) -> None:
+        self.alpha = check_mixup_alpha(alpha)
+        if seed is None:
+            seed = int(np.random.randint(2**31 - 1))
+        self.seed = int(seed)
+
+    def draw(self, step, batch_size) -> MixupDraw:
+        """The `MixupDraw` of training step `step` for a batch of `batch_size`."""
+        seed = tf.stack([tf.cast(step, "int64"), tf.constant(self.seed, "int64")])
+        return MixupDraw(*sample_mixup(batch_size, self.alpha, seed))
+
+    def __call__(self, x, step):
+        """`(mixed x, draw)` for the batch `x` at training step `step`."""
+        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
+        draw = self.draw(step, batch_size)
+        return mix_inputs(x, draw.lam, draw.partners), draw
 
 
 def resolve_augmentation(augmentation):

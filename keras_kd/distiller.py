@@ -3,7 +3,6 @@
 from collections.abc import Callable
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -19,25 +18,6 @@ from keras_kd.caching import (
 
 _TEACHER_OUTPUTS = ("logits", "probabilities")
 _MIN_PROBABILITY = 1e-12
-
-
-def _resolve_distillation_loss(loss_fn, temperature):
-    if loss_fn is None:
-        return kd_losses.KDLoss(temperature=temperature)
-    if isinstance(loss_fn, str):
-        return keras.losses.get(loss_fn)
-    if not callable(loss_fn):
-        raise ValueError(
-            "`distillation_loss_fn` must be a Keras loss (for example "
-            "`keras.losses.KLDivergence()`), a loss function or its name, or "
-            f"None for keras_kd's stable tempered KL; got {loss_fn!r}."
-        )
-    return loss_fn
-
-
-def _examples(example_weight):
-    """The number of examples on this replica, float32."""
-    return ops.cast(ops.shape(example_weight)[0], "float32")
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -187,30 +167,19 @@ class Distiller(_training.Trainer):
     ) -> None:
         super().__init__(name=name, **kwargs)
         augmentation = kd_augmentation.resolve_augmentation(augmentation)
-        mixup_alpha = kd_augmentation.check_mixup_alpha(mixup_alpha)
-        _models.check_model(student, "student")
-        _models.check_model(teacher, "teacher")
-        if student is teacher:
-            raise ValueError(
-                "`student` and `teacher` are the same model object. Distill "
-                "into a new model (for example `keras.models.clone_model`)."
-            )
         if teacher_outputs not in _TEACHER_OUTPUTS:
             raise ValueError(
                 f"`teacher_outputs` must be one of {_TEACHER_OUTPUTS}, got "
                 f"{teacher_outputs!r}."
             )
-        if teacher_outputs == "logits" and _models.ends_in_softmax(teacher):
-            raise ValueError(_models.softmax_message("teacher"))
-        if _models.ends_in_softmax(student):
-            raise ValueError(_models.softmax_message("student"))
-        student_classes, teacher_classes = (
-            _models.num_classes(student),
-            _models.num_classes(teacher),
-        )
-        if None not in (student_classes, teacher_classes):
-            self._check_class_counts(student_classes, teacher_classes)
-
+        _models.check_pair(student, teacher, teacher_outputs == "logits")
+        self.mixup = None
+        if mixup_alpha is not None:
+            # Without a seed, one is drawn from NumPy's global generator:
+            # runs under different `keras.utils.set_random_seed` mix
+            # differently. Saved in the config, so that a reloaded distiller
+            # mixes as the original.
+            self.mixup = kd_augmentation.Mixup(mixup_alpha, mixup_seed)
         self.student = student
         self.teacher = teacher
         self.teacher_outputs = teacher_outputs
@@ -218,13 +187,6 @@ class Distiller(_training.Trainer):
         self.augmentation = augmentation
         if augmentation is not None:
             augmentation.trainable = False
-        self.mixup_alpha = mixup_alpha
-        if mixup_seed is None:
-            # NumPy's global generator, which `keras.utils.set_random_seed`
-            # seeds: runs with different seeds mix differently. Saved in the
-            # config, so that a reloaded distiller mixes as the original.
-            mixup_seed = int(np.random.randint(2**31 - 1))
-        self.mixup_seed = int(mixup_seed)
         self._kd_trackers = (
             keras.metrics.Mean(name="student_loss"),
             keras.metrics.Mean(name="distillation_loss"),
@@ -234,20 +196,21 @@ class Distiller(_training.Trainer):
         self.feature_adapters = {}
         self.feature_losses = []
         self._feature_plan = None
-        self.distillation_loss_fn = _resolve_distillation_loss(None, self.temperature)
+        self.distillation_loss_fn = kd_losses.KDLoss(temperature=self.temperature)
         # The distiller owns no variables of its own: it is built once its
         # models are, which lets `save` and `compile_from_config` restore
         # the optimizer.
         self.built = True
 
-    @staticmethod
-    def _check_class_counts(student_classes, teacher_classes):
-        if student_classes != teacher_classes:
-            raise ValueError(
-                f"The teacher outputs {teacher_classes} classes and the student "
-                f"{student_classes}: they must output the same classes, in the "
-                "same order."
-            )
+    @property
+    def mixup_alpha(self) -> float | None:
+        """The `Beta(a, a)` concentration of mixup, or `None`."""
+        return None if self.mixup is None else self.mixup.alpha
+
+    @property
+    def mixup_seed(self) -> int | None:
+        """The seed of the mixup draws, or `None` without mixup."""
+        return None if self.mixup is None else self.mixup.seed
 
     def compile(
         self,
@@ -326,22 +289,10 @@ class Distiller(_training.Trainer):
         )
         ```
         """
-        own_temperature = getattr(distillation_loss_fn, "temperature", None)
-        takes_logits = isinstance(distillation_loss_fn, kd_losses.DistillationLoss)
-        if takes_logits and own_temperature is not None:
-            if temperature is not None and temperature != own_temperature:
-                raise ValueError(
-                    f"`temperature={temperature!r}` contradicts the "
-                    f"distillation loss's own temperature {own_temperature!r}. "
-                    "Set it in one place only."
-                )
-            temperature = own_temperature
-        if temperature is None:
-            temperature = 3.0
-        kwargs = self._compile_common(student_loss_fn, alpha, temperature, kwargs)
-        self.distillation_loss_fn = _resolve_distillation_loss(
-            distillation_loss_fn, self.temperature
+        self.distillation_loss_fn, temperature = _objective.resolve_distillation_loss(
+            distillation_loss_fn, temperature
         )
+        kwargs = self._compile_common(student_loss_fn, alpha, temperature, kwargs)
         self._compile_features(kd_features.resolve_feature_losses(feature_losses))
         super().compile(optimizer=optimizer, metrics=metrics, **kwargs)
 
@@ -404,28 +355,17 @@ class Distiller(_training.Trainer):
     def _augments(self):
         return self.augmentation is not None or self.mixup_alpha is not None
 
-    def _mixup_draw(self, batch_size):
-        """`(lam, partners)` for this step; seeded by the step counter."""
-        seed = tf.stack(
-            [
-                tf.cast(self.optimizer.iterations, "int64"),
-                tf.constant(self.mixup_seed, "int64"),
-            ]
-        )
-        return kd_augmentation.sample_mixup(batch_size, self.mixup_alpha, seed)
-
     def augment(self, x):
         """The training-time view of a batch: augmented, then mixed.
 
-        Returns `(x, mixup)`, with `mixup = (lam, partners)` or `None`.
+        Returns `(x, mixup)`, with `mixup` a `keras_kd.augmentation.MixupDraw`
+        or `None`.
         """
         if self.augmentation is not None:
             x = self.augmentation(x, training=True)
-        if self.mixup_alpha is None:
+        if self.mixup is None:
             return x, None
-        batch_size = ops.shape(keras.tree.flatten(x)[0])[0]
-        lam, partners = self._mixup_draw(batch_size)
-        return kd_augmentation.mix_inputs(x, lam, partners), (lam, partners)
+        return self.mixup(x, self.optimizer.iterations)
 
     def train_step(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
@@ -479,29 +419,14 @@ class Distiller(_training.Trainer):
         )
 
     def _total_loss(self, terms, features):
-        """`(replica_loss, logged_loss)`: this replica's share, and its own mean.
-
-        Each replica divides by the global normalizers and the optimizer sums
-        the replicas' gradients; batch-level terms (regularization, RKD, SP)
-        are one value per replica, so their share is the mean over replicas.
-        """
+        """`(replica_loss, logged_loss)`; see `_objective.total_loss`."""
         _, example_sum, batch_sum = features
-        logit_sum = (
-            self.alpha * terms.label_sum + (1.0 - self.alpha) * terms.distillation_sum
-        )
-        examples = _examples(terms.example_weight)
         per_batch = self._regularization_loss() + batch_sum
-        replica_loss = (
-            ops.divide_no_nan(logit_sum, _distribute.global_sum(terms.count))
-            + example_sum / _distribute.global_sum(examples)
-            + per_batch / _distribute.num_replicas()
-        )
-        logged = ops.divide_no_nan(logit_sum, terms.count) + example_sum / examples
-        return replica_loss, logged + per_batch
+        return _objective.total_loss(self.alpha, terms, example_sum, per_batch)
 
     def _update_trackers(self, logged_loss, terms, features):
         self._loss_tracker.update_state(
-            logged_loss, sample_weight=_examples(terms.example_weight)
+            logged_loss, sample_weight=_objective.examples(terms.example_weight)
         )
         plan_trackers = (
             () if self._feature_plan is None else self._feature_plan.trackers
@@ -525,9 +450,7 @@ class Distiller(_training.Trainer):
             return y, y_pred, sample_weight, label_mask
 
         def dominant(values):
-            if values is None:
-                return None
-            return kd_augmentation.dominant(values, *mixup)
+            return None if values is None else mixup.dominant(values)
 
         return dominant(y), y_pred, dominant(sample_weight), dominant(label_mask)
 
@@ -559,27 +482,17 @@ class Distiller(_training.Trainer):
                 source, self._augments, self._feature_plan is not None
             )
 
-    def check_distribution(self) -> None:
-        """Raises `ValueError` if the student or optimizer has another strategy.
+    def _strategy_bound_variables(self, strategy):
+        """The student's variables; the teacher's too on a TPU.
 
-        The student's variables and the optimizer (created by `compile`) must
-        belong to the strategy `fit` runs under; otherwise TensorFlow fails
-        inside the first step with an unrelated message. A teacher created
-        outside the scope is only read, which `MirroredStrategy` and
-        `MultiWorkerMirroredStrategy` handle (from host memory); a TPU
-        cannot read it, so under `TPUStrategy` it is an error too.
+        A teacher created outside the scope is only read, which
+        `MirroredStrategy` and `MultiWorkerMirroredStrategy` handle (from
+        host memory); a TPU cannot read it.
         """
-        strategy = self.distribute_strategy
-        check = _distribute.check_variables
-        check(strategy, self.student.variables, "The student's variables were")
+        bound = [("The student's variables were", self.student.variables)]
         if _distribute.is_tpu(strategy):
-            check(strategy, self.teacher.variables, "The teacher's variables were")
-        if self.compiled and self.optimizer is not None:
-            check(
-                strategy,
-                [self.optimizer.iterations],
-                "The optimizer (made by `compile`) was",
-            )
+            bound.append(("The teacher's variables were", self.teacher.variables))
+        return bound
 
     def check_transfer_data(self, x, y=None) -> None:
         """Raises `ValueError` if the data is empty or the models do not fit it.
@@ -615,13 +528,9 @@ class Distiller(_training.Trainer):
             self._build_adapters(
                 plan.adapter_widths(teacher_features, student_features)
             )
-        if self.teacher_outputs == "logits" and _models.looks_like_probabilities(
-            teacher_logits
-        ):
-            raise ValueError(_models.softmax_message("teacher"))
-        if _models.looks_like_probabilities(student_logits):
-            raise ValueError(_models.softmax_message("student"))
-        self._check_class_counts(student_logits.shape[-1], teacher_logits.shape[-1])
+        _models.check_outputs(
+            student_logits, teacher_logits, self.teacher_outputs == "logits"
+        )
         _training.check_labels(labels, student_logits)
 
     def get_config(self):

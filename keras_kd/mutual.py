@@ -234,17 +234,7 @@ class MutualLearning(_training.Trainer):
         Raises `ValueError` first if a student's variables or the optimizer
         were created under another `tf.distribute` strategy.
         """
-        strategy = self.distribute_strategy
-        for k, student in enumerate(self.students):
-            _distribute.check_variables(
-                strategy, student.variables, f"The variables of students[{k}] were"
-            )
-        if self.compiled and self.optimizer is not None:
-            _distribute.check_variables(
-                strategy,
-                [self.optimizer.iterations],
-                "The optimizer (made by `compile`) was",
-            )
+        self.check_distribution()
         return super().fit(*args, **kwargs)
 
     def get_config(self):

@@ -10,6 +10,7 @@ import tensorflow as tf
 
 import keras_kd
 from keras_kd import augmentation
+from keras_kd.augmentation import MixupDraw
 from tests import reference
 
 X = np.array(
@@ -53,9 +54,8 @@ def frozen_logs(distiller, x, y, fixed_mixup=None, **compile_kw):
     """One step on the whole batch with a zero learning rate."""
     if fixed_mixup is not None:
         lam, partners = fixed_mixup
-        distiller._mixup_draw = lambda batch_size: (
-            tf.constant(lam, "float32"),
-            tf.constant(partners, "int32"),
+        distiller.mixup.draw = lambda step, batch_size: MixupDraw(
+            tf.constant(lam, "float32"), tf.constant(partners, "int32")
         )
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.0),
