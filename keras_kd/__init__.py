@@ -3,27 +3,31 @@
 from keras_kd import (
     chains,
     datasets,
+    deploy,
     ensembles,
-    export,
     features,
     losses,
     models,
     mutual,
-    report,
 )
 from keras_kd.caching import attach_teacher_logits, cache_teacher_outputs
 from keras_kd.chains import ChainStage, distill_chain
-from keras_kd.distiller import Distiller
-from keras_kd.ensembles import LabelMergingTeacher, TeacherEnsemble
-from keras_kd.export import (
+from keras_kd.deploy import (
     ExportResult,
     ExportVerificationError,
     TFLiteConversionError,
+    compression_report,
     convert_to_tflite,
+    export,
     export_student,
+    format_report,
+    plot_report,
+    report,
     tflite_predict,
     verify_tflite,
 )
+from keras_kd.distiller import Distiller
+from keras_kd.ensembles import LabelMergingTeacher, TeacherEnsemble
 from keras_kd.losses import (
     DKD,
     RKD,
@@ -42,7 +46,6 @@ from keras_kd.losses import (
     similarity_preserving_loss,
 )
 from keras_kd.mutual import MutualLearning
-from keras_kd.report import compression_report, format_report, plot_report
 from keras_kd.version import __version__
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "compression_report",
     "convert_to_tflite",
     "datasets",
+    "deploy",
     "distill_chain",
     "Distiller",
     "DKD",

@@ -1,4 +1,4 @@
-"""Tests for keras_kd.export: SavedModel and TFLite export of the student.
+"""Tests for keras_kd.deploy: SavedModel and TFLite export of the student.
 
 The module trains one small student on the bundled real MNIST (3 epochs on
 5,000 images, a few seconds) and exports it once, in every quantization mode,
@@ -16,8 +16,8 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
-from keras_kd import export, report
 from keras_kd.datasets import load_mnist
+from keras_kd.deploy import errors, export, litert, report, saved_model
 from keras_kd.models import mnist_cnn, mnist_mlp
 
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
@@ -56,7 +56,7 @@ def exported(distiller, mnist, tmp_path_factory):
     return export.export_student(
         distiller,
         tmp_path_factory.mktemp("export"),
-        quantization=export.QUANTIZATIONS,
+        quantization=litert.QUANTIZATIONS,
         representative_data=x_train[:500],
         verify_data=x_test,
     )
@@ -102,19 +102,19 @@ def _dense_model(name="dense"):
 def test_tflite_predict_hand_computed_dense():
     # [1, 1] @ [[1, 2], [3, 4]] + [0.5, -0.5] = [4.5, 5.5]
     # [0, 2] @ [[1, 2], [3, 4]] + [0.5, -0.5] = [6.5, 7.5]
-    tflite_bytes = export.convert_to_tflite(_dense_model())
-    outputs = export.tflite_predict(tflite_bytes, np.array([[1.0, 1.0], [0.0, 2.0]]))
+    tflite_bytes = litert.convert_to_tflite(_dense_model())
+    outputs = litert.tflite_predict(tflite_bytes, np.array([[1.0, 1.0], [0.0, 2.0]]))
     np.testing.assert_allclose(outputs, [[4.5, 5.5], [6.5, 7.5]], atol=1e-6)
 
 
 def test_quantize_and_dequantize_hand_computed():
     # x / 0.5 = [0, 2, 2.8, 200, -200] -> round [0, 2, 3, 200, -200] - 3,
     # clipped to int8: [-3, -1, 0, 127, -128].
-    q = export.quantize_values([0.0, 1.0, 1.4, 100.0, -100.0], 0.5, -3, np.int8)
+    q = litert.quantize_values([0.0, 1.0, 1.4, 100.0, -100.0], 0.5, -3, np.int8)
     np.testing.assert_array_equal(q, [-3, -1, 0, 127, -128])
     assert q.dtype == np.int8
     # (q + 3) * 0.5
-    np.testing.assert_allclose(export._dequantize([-3, -1, 127], 0.5, -3), [0, 1, 65])
+    np.testing.assert_allclose(litert._dequantize([-3, -1, 127], 0.5, -3), [0, 1, 65])
 
 
 def test_format_report_hand_written_row():
@@ -182,13 +182,13 @@ def test_saved_model_size_tracks_student_not_teacher(exported, distiller):
     student_bytes = 4 * distiller.student.count_params()
     teacher_bytes = 4 * distiller.teacher.count_params()
     size = exported.sizes["saved_model"]
-    assert size == export._directory_size(exported.saved_model)
+    assert size == saved_model.directory_size(exported.saved_model)
     assert student_bytes <= size <= student_bytes + SAVED_MODEL_OVERHEAD
     # The bound above can catch a leaked teacher: its weights alone exceed it.
     assert teacher_bytes > student_bytes + SAVED_MODEL_OVERHEAD
 
 
-@pytest.mark.parametrize("mode", export.QUANTIZATIONS)
+@pytest.mark.parametrize("mode", litert.QUANTIZATIONS)
 def test_tflite_size_tracks_student_not_teacher(exported, distiller, mode):
     weights = distiller.student.count_params() * BYTES_PER_WEIGHT[mode]
     size = os.path.getsize(exported.tflite[mode])
@@ -210,12 +210,12 @@ def test_variable_check_catches_a_saved_model_with_the_teacher(distiller, tmp_pa
         input_signature=[tf.TensorSpec((None, 28, 28, 1), tf.float32)],
     )
     student, teacher = distiller.student, distiller.teacher
-    with pytest.raises(export.ExportVerificationError, match="teacher variables"):
-        export._check_saved_model_variables(path, student, teacher)
-    with pytest.raises(export.ExportVerificationError, match="not the student"):
-        export._check_saved_model_variables(path, student)
-    with pytest.raises(export.ExportVerificationError, match="none of the student"):
-        export._check_checkpoint_tensors(path, student, fix="")
+    with pytest.raises(errors.ExportVerificationError, match="teacher variables"):
+        saved_model.check_saved_model_variables(path, student, teacher)
+    with pytest.raises(errors.ExportVerificationError, match="not the student"):
+        saved_model.check_saved_model_variables(path, student)
+    with pytest.raises(errors.ExportVerificationError, match="none of the student"):
+        saved_model._check_checkpoint_tensors(path, student, fix="")
 
 
 # TFLite parity on real MNIST, checked independently of keras_kd's helpers.
@@ -278,17 +278,17 @@ def test_int8_with_float_io(distiller, mnist, keras_logits, tmp_path):
 def test_verify_tflite_rejects_a_file_from_another_model(exported, distiller, mnist):
     _, (x_test, _) = mnist
     other = keras.models.clone_model(distiller.student)  # fresh random weights
-    with pytest.raises(export.ExportVerificationError, match="disagrees"):
-        export.verify_tflite(exported.tflite["float32"], other, x_test[:200])
-    with pytest.raises(export.ExportVerificationError, match="only"):
-        export.verify_tflite(
+    with pytest.raises(errors.ExportVerificationError, match="disagrees"):
+        litert.verify_tflite(exported.tflite["float32"], other, x_test[:200])
+    with pytest.raises(errors.ExportVerificationError, match="only"):
+        litert.verify_tflite(
             exported.tflite["int8"], other, x_test[:200], quantization="int8"
         )
 
 
 def test_verify_tflite_accepts_the_matching_file(exported, distiller, mnist):
     _, (x_test, _) = mnist
-    figures = export.verify_tflite(
+    figures = litert.verify_tflite(
         exported.tflite["float16"], distiller, x_test[:200], quantization="float16"
     )
     assert figures["num_examples"] == 200
@@ -301,7 +301,7 @@ def test_verify_tflite_reads_every_example_of_a_batched_dataset(
     # 10 batches of 20: `len` of the dataset is 10, the examples are 200.
     _, (x_test, _) = mnist
     batches = tf.data.Dataset.from_tensor_slices(x_test[:200]).batch(20)
-    figures = export.verify_tflite(exported.tflite["float32"], distiller, batches)
+    figures = litert.verify_tflite(exported.tflite["float32"], distiller, batches)
     assert figures["num_examples"] == 200
 
 
@@ -335,12 +335,12 @@ def test_int8_without_representative_data_raises(tmp_path):
         export.export_student(_dense_model(), tmp_path / "out", quantization="int8")
     assert not os.path.exists(tmp_path / "out")
     with pytest.raises(ValueError, match="representative_data"):
-        export.convert_to_tflite(_dense_model(), quantization="int8")
+        litert.convert_to_tflite(_dense_model(), quantization="int8")
 
 
 def test_representative_data_of_wrong_shape_raises(tmp_path):
     with pytest.raises(ValueError, match=r"shape \(3,\)"):
-        export.convert_to_tflite(
+        litert.convert_to_tflite(
             _dense_model(), "int8", representative_data=np.zeros((8, 3))
         )
 
@@ -351,7 +351,7 @@ def test_op_tflite_cannot_convert_raises(tmp_path):
             return tf.math.erfinv(x)
 
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), Erfinv()])
-    with pytest.raises(export.TFLiteConversionError, match="Erfinv.*SELECT_TF_OPS"):
+    with pytest.raises(errors.TFLiteConversionError, match="Erfinv.*SELECT_TF_OPS"):
         export.export_student(model, tmp_path)
 
 
@@ -376,12 +376,18 @@ def test_not_a_model_raises(tmp_path):
 
 
 def test_missing_litert_names_the_extra(monkeypatch):
-    tflite_bytes = export.convert_to_tflite(_dense_model())
+    tflite_bytes = litert.convert_to_tflite(_dense_model())
     monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
     with pytest.raises(ImportError, match=r"pip install keras-kd\[export\]"):
-        export.tflite_predict(tflite_bytes, np.zeros((1, 2)))
+        litert.tflite_predict(tflite_bytes, np.zeros((1, 2)))
     with pytest.raises(ImportError, match=r"pip install keras-kd\[export\]"):
-        export.require_litert()  # what examples call before they train
+        keras_kd.export.require_litert()  # what examples call before they train
+
+
+def test_export_and_report_stay_attributes_of_the_package():
+    # Since 0.2 they live in keras_kd.deploy; the old attribute paths remain.
+    assert keras_kd.export is export and keras_kd.report is report
+    assert keras_kd.deploy.export_student is keras_kd.export_student
 
 
 # Compression report.

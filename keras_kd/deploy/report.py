@@ -15,15 +15,18 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from keras_kd.export import (
-    export_student,
-    keras_outputs,
+from keras_kd.deploy.export import export_student
+from keras_kd.deploy.inputs import keras_outputs, student_of
+from keras_kd.deploy.litert import (
     litert_interpreter,
-    quantize_values,
+    quantize_input,
     require_litert,
-    student_of,
+    resize_input,
     tflite_predict,
 )
+
+# Untimed runs before each latency is measured.
+_WARMUP_RUNS = 10
 
 
 def _median_latency_ms(run, runs, warmup):
@@ -45,20 +48,13 @@ def _keras_latency_ms(model, example, runs, warmup):
 
 def _litert_latency_ms(tflite_bytes, example, runs, warmup, num_threads):
     interpreter = litert_interpreter(tflite_bytes, num_threads=num_threads)
-    detail = interpreter.get_input_details()[0]
-    interpreter.resize_tensor_input(detail["index"], (1, *example.shape))
-    interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    output_index = interpreter.get_output_details()[0]["index"]
-    value = example[None]
-    if np.issubdtype(detail["dtype"], np.integer):
-        scale, zero_point = detail["quantization"]
-        value = quantize_values(value, scale, zero_point, detail["dtype"])
+    detail, output_detail = resize_input(interpreter, (1, *example.shape))
+    value = quantize_input(example[None], detail)
 
     def run():
         interpreter.set_tensor(detail["index"], value)
         interpreter.invoke()
-        interpreter.get_tensor(output_index)
+        interpreter.get_tensor(output_detail["index"])
 
     return _median_latency_ms(run, runs, warmup)
 
@@ -138,6 +134,34 @@ def compression_report(
     print(keras_kd.format_report(rows))
     ```
     """
+    y_test = _check_report_arguments(models, x_test, y_test, latency_runs)
+    require_litert()
+    quantizations = ("float32", "int8") if representative_data is not None else ()
+    quantizations = quantizations or ("float32",)
+    x_test = np.asarray(x_test, dtype="float32")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        root = tmp if directory is None else os.fspath(directory)
+        for index, (name, model) in enumerate(models.items()):
+            slug = re.sub(r"[^\w.-]+", "_", name)
+            result = export_student(
+                model,
+                os.path.join(root, f"{index}_{slug}"),
+                quantization=quantizations,
+                representative_data=representative_data,
+                verify_data=x_test,
+                min_top1_agreement=0.0,
+            )
+            rows.append(
+                _report_row(
+                    name, model, result, x_test, y_test, latency_runs, num_threads
+                )
+            )
+    return rows
+
+
+def _check_report_arguments(models, x_test, y_test, latency_runs):
+    """Raises for bad `compression_report` arguments; returns `y_test` flat."""
     if not models:
         raise ValueError("`models` must be a non-empty dict `{name: model}`.")
     y_test = np.asarray(y_test).reshape(-1)
@@ -146,63 +170,46 @@ def compression_report(
             f"`y_test` has {len(y_test)} labels for {len(x_test)} inputs in "
             "`x_test`; pass integer class labels, one per input."
         )
-    if isinstance(latency_runs, bool) or not isinstance(latency_runs, int):
+    if (
+        isinstance(latency_runs, bool)
+        or not isinstance(latency_runs, int)
+        or latency_runs < 1
+    ):
         raise ValueError(
             f"`latency_runs` must be an integer >= 1, got {latency_runs!r}."
         )
-    if latency_runs < 1:
-        raise ValueError(
-            f"`latency_runs` must be an integer >= 1, got {latency_runs!r}."
+    return y_test
+
+
+def _report_row(name, model, result, x_test, y_test, runs, num_threads):
+    """One `compression_report` row: `model` measured, `result` its export."""
+    student = student_of(model)
+    logits = keras_outputs(student, x_test)
+    row = {
+        "model": name,
+        "parameters": result.parameters,
+        "saved_model_kb": result.sizes["saved_model"] / 1024,
+        "tflite_float32_kb": result.sizes["float32"] / 1024,
+        "tflite_int8_kb": None,
+        "keras_ms": _keras_latency_ms(student, x_test[0], runs, _WARMUP_RUNS),
+        "litert_float32_ms": None,
+        "litert_int8_ms": None,
+        "accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
+        "accuracy_int8": None,
+        "int8_agreement": None,
+    }
+    for mode, path in result.tflite.items():
+        with open(path, "rb") as f:
+            tflite_bytes = f.read()
+        row[f"litert_{mode}_ms"] = _litert_latency_ms(
+            tflite_bytes, x_test[0], runs, _WARMUP_RUNS, num_threads
         )
-    require_litert()
-    quantizations = ("float32", "int8") if representative_data is not None else ()
-    quantizations = quantizations or ("float32",)
-    x_test = np.asarray(x_test, dtype="float32")
-    warmup = 10
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        root = tmp if directory is None else os.fspath(directory)
-        for index, (name, model) in enumerate(models.items()):
-            student = student_of(model)
-            slug = re.sub(r"[^\w.-]+", "_", name)
-            target = os.path.join(root, f"{index}_{slug}")
-            result = export_student(
-                model,
-                target,
-                quantization=quantizations,
-                representative_data=representative_data,
-                verify_data=x_test,
-                min_top1_agreement=0.0,
-            )
-            logits = keras_outputs(student, x_test)
-            row = {
-                "model": name,
-                "parameters": result.parameters,
-                "saved_model_kb": result.sizes["saved_model"] / 1024,
-                "tflite_float32_kb": result.sizes["float32"] / 1024,
-                "tflite_int8_kb": None,
-                "keras_ms": _keras_latency_ms(student, x_test[0], latency_runs, warmup),
-                "litert_float32_ms": None,
-                "litert_int8_ms": None,
-                "accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
-                "accuracy_int8": None,
-                "int8_agreement": None,
-            }
-            for mode in quantizations:
-                with open(result.tflite[mode], "rb") as f:
-                    tflite_bytes = f.read()
-                row[f"litert_{mode}_ms"] = _litert_latency_ms(
-                    tflite_bytes, x_test[0], latency_runs, warmup, num_threads
-                )
-            if "int8" in quantizations:
-                row["tflite_int8_kb"] = result.sizes["int8"] / 1024
-                row["int8_agreement"] = result.verification["int8"]["top1_agreement"]
-                predictions = tflite_predict(result.tflite["int8"], x_test)
-                row["accuracy_int8"] = float(
-                    np.mean(np.argmax(predictions, -1) == y_test)
-                )
-            rows.append(row)
-    return rows
+    if "int8" in result.tflite:
+        row["tflite_int8_kb"] = result.sizes["int8"] / 1024
+        row["int8_agreement"] = result.verification["int8"]["top1_agreement"]
+        predictions = tflite_predict(result.tflite["int8"], x_test)
+        row["accuracy_int8"] = float(np.mean(np.argmax(predictions, -1) == y_test))
+    return row
 
 
 def format_report(rows):
