@@ -9,6 +9,16 @@ distiller's config); the functions below are its pure pieces, so that they
 can be checked by hand. A `MixupDraw` carries one step's `(lam, partners)` to
 the losses: each position's label loss, mask and weight mix the same way.
 
+With mixup, the label loss is `lam * L(y, s) + (1 - lam) * L(y[partners],
+s)`; the share of an unlabeled example (or partner) carries no label loss,
+only the distillation term on the mixed image. Sample weights mix the same
+way. Training metrics use the label of the larger share (`lam >= 0.5`: the
+example's own). With `jit_compile=True` the augmentation layers must
+themselves compile with XLA (`RandomFlip`, `RandomCrop`, `GaussianNoise` do;
+`RandomTranslation`, `RandomRotation` and `RandomZoom` do not, in TensorFlow
+2.21); `jit_compile="auto"` checks this. Under a `tf.distribute` strategy,
+create the augmentation in the strategy's scope with the models.
+
 The draws are stateless (`tf.random.stateless_*`, seeded by the optimizer's
 step counter), which keeps them XLA-compatible (`keras.random.beta` is not:
 TensorFlow has no XLA kernel for its gamma sampler) and makes a resumed run

@@ -48,49 +48,25 @@ class Distiller(_training.Trainer):
     compiled metric, computed on the student's predictions.
 
     Feature and relation distillation: `compile(feature_losses=[...])` adds
-    terms that compare intermediate layers of both models, so that the loss
-    becomes
-
-    `alpha * label + (1 - alpha) * T² * KL + sum_i weight_i * feature_i`
-
-    with `feature_i` the value of the i-th loss (`keras_kd.losses.HintLoss`,
-    `AttentionTransfer`, `RKD`, `SimilarityPreserving`) on the outputs of its
-    `teacher_layer_name` and `student_layer_name`. Per-example terms (hints,
-    attention transfer) are weighted by `sample_weight` and averaged over the
-    global batch like the KL; batch-level terms (RKD, similarity-preserving)
-    are one value per replica batch, averaged over the replicas, without
-    sample weights. Each model still runs once per step (a multi-output view
-    of Functional and Sequential models; subclassed models implement
-    `call_with_features`, see `keras_kd.features`). `HintLoss` adapters
-    (`feature_adapters`) belong to the distiller and train with the student;
-    the student never contains them. Each term is logged under its loss's
-    `name`.
+    `sum_i weight_i * feature_i` to the loss, each term comparing a teacher
+    and a student layer (`keras_kd.losses.HintLoss`, `AttentionTransfer`,
+    `RKD`, `SimilarityPreserving`), with each model still running once per
+    step; `keras_kd.features` says how the layers are reached, how terms are
+    reduced and where adapters live. Each term is logged under its `name`.
 
     `fit(x)` without labels trains on the soft targets alone: each example
     contributes `(1 - alpha) * T² * KL`. With sparse integer labels, a label
-    below 0 (say -1) marks an unlabeled example in a partly labeled set: it
-    contributes no label loss, only the distillation term, and is left out of
-    the training metrics.
+    below 0 (say -1) marks an unlabeled example (or position) in a partly
+    labeled set: it contributes no label loss, only the distillation term,
+    and is left out of the training metrics.
 
-    Consistent augmentation ("function matching"): with `augmentation`,
-    every training batch goes once through the augmentation (with
-    `training=True`), and the teacher and the student both see the same
-    augmented images; with `mixup_alpha`, the (augmented) batch is then mixed
-    with a permutation of itself, `x' = lam * x + (1 - lam) * x[partners]`
-    with `lam ~ Beta(a, a)` drawn once per batch, and again both models see
-    `x'`. The label loss becomes `lam * L(y, s) + (1 - lam) *
-    L(y[partners], s)`; the part of an unlabeled example (or partner)
-    carries no label loss, only the distillation term on the mixed image.
-    Sample weights are mixed the same way. Training metrics use the label of
-    the larger share (`lam >= 0.5`: the example's own). `evaluate`, `predict`
-    and `__call__` never augment. Both need the teacher online: a teacher
-    cache (`fit(..., teacher_logits=...)` or a cached dataset) raises
-    `ValueError`. With `jit_compile=True` the augmentation layers must
-    themselves compile with XLA (`RandomFlip`, `RandomCrop`, `GaussianNoise`
-    do; `RandomTranslation`, `RandomRotation` and `RandomZoom` do not, in
-    TensorFlow 2.21); `jit_compile="auto"` checks this. Under a
-    `tf.distribute` strategy, create the augmentation in the strategy's
-    scope with the models.
+    Consistent augmentation ("function matching") and mixup: with
+    `augmentation` and/or `mixup_alpha`, every training batch is augmented
+    once, then mixed, and the teacher and the student both see the result;
+    `keras_kd.augmentation` gives the formulas (how labels, unlabeled
+    partners and sample weights mix, what the metrics score, which layers
+    compile with XLA). `evaluate`, `predict` and `__call__` never augment.
+    Both need the teacher online: a teacher cache raises `ValueError`.
 
     Args:
         student: `keras.Model` to train. Must output logits.
@@ -338,19 +314,6 @@ class Distiller(_training.Trainer):
         plan = self._feature_plan
         return self._kd_trackers + (() if plan is None else tuple(plan.trackers))
 
-    def _logit_terms(self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup):
-        """See `keras_kd._objective.logit_terms`."""
-        return _objective.logit_terms(
-            self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup
-        )
-
-    def _adapter_variables(self):
-        return [
-            variable
-            for adapter in self.feature_adapters.values()
-            for variable in adapter.trainable_variables
-        ]
-
     @property
     def _augments(self):
         return self.augmentation is not None or self.mixup_alpha is not None
@@ -376,15 +339,17 @@ class Distiller(_training.Trainer):
         teacher_logits, teacher_features = self._teacher_pass(x, teacher_logits)
         with tf.GradientTape() as tape:
             y_pred, student_features = self._student_pass(x)
-            terms = self._logit_terms(
-                y, y_pred, teacher_logits, sample_weight, label_mask, mixup
+            terms = _objective.logit_terms(
+                self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup
             )
             features = self._feature_terms(
                 teacher_features, student_features, terms.example_weight
             )
             replica_loss, logged_loss = self._total_loss(terms, features)
             scaled_loss = self.optimizer.scale_loss(replica_loss)
-        variables = self.student.trainable_variables + self._adapter_variables()
+        variables = self.student.trainable_variables + kd_features.trainable_variables(
+            self.feature_adapters
+        )
         gradients = tape.gradient(scaled_loss, variables)
         self.optimizer.apply(gradients, variables)
         self._update_trackers(logged_loss, terms, features)

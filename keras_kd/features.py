@@ -27,7 +27,15 @@ outputs of the named layers:
 
 A layer name of `None` means the model's output (its logits), which needs
 neither. Adapters (the learnable maps of `HintLoss`) live here too; they are
-owned by the Distiller, never by the student.
+owned by the Distiller (`distiller.feature_adapters`), train with the
+student, and are never part of it.
+
+Reduction: per-example terms (hints, attention transfer) are weighted by
+`sample_weight` and averaged over the global batch like the KL; batch-level
+terms (RKD, similarity-preserving) are one value per replica batch, averaged
+over the replicas, without sample weights. The Distiller's loss becomes
+
+`alpha * label + (1 - alpha) * T² * KL + sum_i weight_i * feature_i`.
 """
 
 import keras
@@ -180,6 +188,11 @@ def build_adapters(adapters, widths):
         ordered = sorted(adapters.items(), key=lambda item: _adapter_index(item[0]))
         adapters.clear()
         adapters.update(dict(ordered))
+
+
+def trainable_variables(adapters):
+    """The trainable variables of a dict of adapters, in its order."""
+    return [v for adapter in adapters.values() for v in adapter.trainable_variables]
 
 
 def _adapter_index(name):

@@ -20,6 +20,7 @@ import pytest
 import tensorflow as tf
 
 import keras_kd
+from keras_kd._objective import logit_terms
 from tests import distributed_worker
 
 WORKER = os.path.join(os.path.dirname(__file__), "distributed_worker.py")
@@ -346,7 +347,8 @@ def test_mixed_precision_loss_matches_float32_on_a_fixed_batch(weights, policy):
     teacher_logits = distiller.teacher(x)
     student_logits = distiller.student(x)
     assert teacher_logits.dtype == student_logits.dtype == compute_dtype
-    _, _, distillation_sum, count, _ = distiller._logit_terms(
+    _, _, distillation_sum, count, _ = logit_terms(
+        distiller,
         y,
         student_logits,
         distiller._as_teacher_logits(teacher_logits),

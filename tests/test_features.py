@@ -622,7 +622,8 @@ DISTRIBUTED = textwrap.dedent(
             t.X, t.Y, sample_weight=w, batch_size=8, shuffle=False, verbose=0
         ).history
         weights = [np.array(v) for v in distiller.student.trainable_variables]
-        weights += [np.array(v) for v in distiller._adapter_variables()]
+        adapters = keras_kd.features.trainable_variables(distiller.feature_adapters)
+        weights += [np.array(v) for v in adapters]
         return logs, weights
 
     mirrored = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
