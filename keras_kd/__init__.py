@@ -7,6 +7,7 @@ from keras_kd import (
     ensembles,
     features,
     losses,
+    merging,
     models,
     mutual,
 )
@@ -65,6 +66,7 @@ __all__ = [
     "DistillationLoss",
     "dkd_loss",
     "ensembles",
+    "merging",
     "export",
     "export_student",
     "ExportResult",

@@ -1,4 +1,4 @@
-"""Data for examples, tutorials and tests: MNIST from the bundled split or tfds.
+"""Data for examples, tutorials and tests: MNIST and Fashion-MNIST.
 
 The bundled file is real MNIST (LeCun, Cortes, Burges; CC BY-SA 3.0): 5,000
 training images (500 per digit, drawn from the official training set in a
@@ -7,17 +7,40 @@ fixed random order, so any prefix is roughly balanced) and the official
 machine without internet.
 """
 
+import gzip
 import os
 
 import numpy as np
 
 BUNDLED_MNIST = os.path.join(os.path.dirname(__file__), "_data", "mnist_5k_t10k.npz")
 _SOURCES = ("bundled", "tfds", "keras")
+_FASHION_SOURCES = ("idx", "tfds", "keras")
+# The four files of the original release (and of Debian's dataset-fashion-mnist).
+_IDX_FILES = {
+    "x_train": ("train-images-idx3-ubyte.gz", 16),
+    "y_train": ("train-labels-idx1-ubyte.gz", 8),
+    "x_test": ("t10k-images-idx3-ubyte.gz", 16),
+    "y_test": ("t10k-labels-idx1-ubyte.gz", 8),
+}
 
 
 def _prepare(images, labels):
     images = np.asarray(images, dtype="float32").reshape((-1, 28, 28, 1)) / 255.0
     return images, np.asarray(labels, dtype="int64").reshape(-1)
+
+
+def _tfds_splits(name, data_dir):
+    """`(train, test)` of a tfds image dataset, prepared like the others."""
+    import tensorflow_datasets as tfds
+
+    splits = tfds.load(
+        name, split=["train", "test"], as_supervised=True, data_dir=data_dir
+    )
+    prepared = []
+    for split in splits:
+        images, labels = zip(*tfds.as_numpy(split))
+        prepared.append(_prepare(np.stack(images), np.array(labels)))
+    return tuple(prepared)
 
 
 def load_mnist(source="bundled", num_train=None, data_dir=None):
@@ -49,18 +72,7 @@ def load_mnist(source="bundled", num_train=None, data_dir=None):
             train = _prepare(data["x_train"], data["y_train"])
             test = _prepare(data["x_test"], data["y_test"])
     elif source == "tfds":
-        import tensorflow_datasets as tfds
-
-        (x_train, y_train), (x_test, y_test) = tfds.as_numpy(
-            tfds.load(
-                "mnist",
-                split=["train", "test"],
-                as_supervised=True,
-                batch_size=-1,
-                data_dir=data_dir,
-            )
-        )
-        train, test = _prepare(x_train, y_train), _prepare(x_test, y_test)
+        train, test = _tfds_splits("mnist", data_dir)
     else:
         import keras
 
@@ -73,3 +85,48 @@ def load_mnist(source="bundled", num_train=None, data_dir=None):
             )
         train = (train[0][:num_train], train[1][:num_train])
     return train, test
+
+
+def _read_idx(directory, key):
+    name, header = _IDX_FILES[key]
+    path = os.path.join(directory, name)
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{path!r} does not exist: `data_dir` must hold the four Fashion-MNIST "
+            f"files {[n for n, _ in _IDX_FILES.values()]}."
+        )
+    with gzip.open(path) as handle:
+        return np.frombuffer(handle.read(), np.uint8, offset=header)
+
+
+def load_fashion_mnist(source="idx", data_dir=None):
+    """Loads Fashion-MNIST (60,000/10,000) as float32 images `(n, 28, 28, 1)`.
+
+    Args:
+        source: `"idx"` (the four `*-idx?-ubyte.gz` files of the original
+            release in `data_dir`, offline), `"tfds"`
+            (`tfds.load("fashion_mnist")`) or `"keras"`
+            (`keras.datasets.fashion_mnist.load_data()`); the last two need
+            internet or a cached copy. Defaults to `"idx"`.
+        data_dir: The directory of the idx files, or tfds' data directory.
+
+    Returns:
+        `((x_train, y_train), (x_test, y_test))` with int64 labels 0-9.
+    """
+    if source not in _FASHION_SOURCES:
+        raise ValueError(f"`source` must be one of {_FASHION_SOURCES}, got {source!r}.")
+    if source == "idx":
+        if data_dir is None:
+            raise ValueError("`source='idx'` needs `data_dir`, the files' directory.")
+        arrays = {key: _read_idx(data_dir, key) for key in _IDX_FILES}
+        return _prepare(arrays["x_train"], arrays["y_train"]), _prepare(
+            arrays["x_test"], arrays["y_test"]
+        )
+    if source == "tfds":
+        return _tfds_splits("fashion_mnist", data_dir)
+    else:
+        import keras
+
+        splits = keras.datasets.fashion_mnist.load_data()
+    (x_train, y_train), (x_test, y_test) = splits
+    return _prepare(x_train, y_train), _prepare(x_test, y_test)

@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd import _models
+from keras_kd import _models, merging
 
 _COMBINE = ("logits", "log_probabilities")
 
@@ -241,6 +241,18 @@ def _check_class_maps(class_maps, teachers, num_classes):
     return maps
 
 
+def _check_offsets(class_offsets, num_classes):
+    if class_offsets is None:
+        return np.zeros((num_classes,), "float32")
+    offsets = np.asarray(class_offsets, dtype="float32")
+    if offsets.shape != (num_classes,) or not np.all(np.isfinite(offsets)):
+        raise ValueError(
+            f"`class_offsets` must be {num_classes} finite numbers (one per "
+            f"student class), got {class_offsets!r}."
+        )
+    return offsets
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class LabelMergingTeacher(keras.Model):
     """Teachers trained on different label sets, merged into one teacher.
@@ -302,6 +314,10 @@ class LabelMergingTeacher(keras.Model):
             it shares with others). Defaults to `None`, equal weights.
         combine: `"logits"` or `"log_probabilities"`, the per-teacher score
             averaged, as above. Defaults to `"logits"`.
+        class_offsets: `num_classes` numbers `b` added to the merged scores
+            before the normalization, `log p[c] = m[c] + b[c] - logsumexp(m +
+            b)`; `calibrate` sets them by prior matching on a transfer set.
+            Defaults to `None`, zeros.
         name: Model name. Defaults to `"label_merging_teacher"`.
         **kwargs: Passed to `keras.Model`.
 
@@ -340,6 +356,7 @@ class LabelMergingTeacher(keras.Model):
         num_classes,
         weights=None,
         combine="logits",
+        class_offsets=None,
         name="label_merging_teacher",
         **kwargs,
     ):
@@ -365,7 +382,41 @@ class LabelMergingTeacher(keras.Model):
                 f"weight 0 (`weights={weights!r}`); give them a positive weight."
             )
         self._coverage = coverage.astype("float32")
+        # A variable, read at run time: `calibrate` changes it after `predict`
+        # and `fit` may have traced the model.
+        self._offsets = self.add_weight(
+            shape=(self.num_classes,),
+            initializer=keras.initializers.Constant(
+                _check_offsets(class_offsets, self.num_classes)
+            ),
+            trainable=False,
+            name="class_offsets",
+        )
         self.built = True
+
+    @property
+    def class_offsets(self):
+        """The per-class offsets `b` (float32 array)."""
+        return keras.ops.convert_to_numpy(self._offsets)
+
+    def calibrate(self, x, class_priors=None, batch_size=1000):
+        """Sets `class_offsets` so that the transfer set gets `class_priors`.
+
+        Prior matching (`keras_kd.merging.match_priors`) on the merged
+        teacher's outputs for the unlabeled `x`: afterwards the teacher's
+        mean probability of each class over `x` is its prior (uniform for
+        `None`). Corrects teachers whose logits run at different levels;
+        for targets on `x` itself, `keras_kd.merging.merged_targets` also
+        propagates them over similar inputs.
+
+        Returns:
+            The offsets (a float32 array), also kept in `class_offsets`.
+        """
+        self._offsets.assign(np.zeros((self.num_classes,), "float32"))
+        scores = self.predict(x, batch_size=batch_size, verbose=0)
+        _, offsets = merging.match_priors(scores, class_priors)
+        self._offsets.assign(offsets.astype("float32"))
+        return self.class_offsets
 
     def call(self, inputs, training=None):
         total = None
@@ -380,7 +431,7 @@ class LabelMergingTeacher(keras.Model):
             # w_k e_k[j] in its student column and 0 elsewhere.
             placed = ops.matmul(logits, placement)
             total = placed if total is None else total + placed
-        merged = total / self._coverage
+        merged = total / self._coverage + self._offsets
         return ops.log_softmax(merged, axis=-1)
 
     def get_config(self):
@@ -392,6 +443,7 @@ class LabelMergingTeacher(keras.Model):
                 "num_classes": self.num_classes,
                 "weights": list(self.teacher_weights),
                 "combine": self.combine,
+                "class_offsets": self.class_offsets.tolist(),
             }
         )
         return config

@@ -1,0 +1,57 @@
+"""Tests for keras_kd.datasets: the bundled split, idx files and tfds (mocked)."""
+
+import gzip
+
+import numpy as np
+import pytest
+
+import keras_kd
+from keras_kd import datasets
+
+
+def write_idx(directory, images, labels, prefix):
+    header = b"\0" * 16
+    with gzip.open(directory / f"{prefix}-images-idx3-ubyte.gz", "wb") as handle:
+        handle.write(header + images.astype(np.uint8).tobytes())
+    with gzip.open(directory / f"{prefix}-labels-idx1-ubyte.gz", "wb") as handle:
+        handle.write(b"\0" * 8 + labels.astype(np.uint8).tobytes())
+
+
+def test_fashion_mnist_reads_the_idx_files(tmp_path):
+    rng = np.random.default_rng(0)
+    train = rng.integers(0, 256, size=(6, 28, 28)), np.arange(6) % 10
+    test = rng.integers(0, 256, size=(3, 28, 28)), np.array([9, 0, 4])
+    write_idx(tmp_path, *train, "train")
+    write_idx(tmp_path, *test, "t10k")
+    (x, y), (x_test, y_test) = datasets.load_fashion_mnist(data_dir=str(tmp_path))
+    assert x.shape == (6, 28, 28, 1) and x.dtype == np.float32
+    np.testing.assert_allclose(x[..., 0], train[0] / 255.0, rtol=1e-6)
+    assert y.tolist() == train[1].tolist() and y_test.tolist() == [9, 0, 4]
+    assert x_test.shape == (3, 28, 28, 1)
+
+
+def test_fashion_mnist_names_a_missing_file(tmp_path):
+    with pytest.raises(ValueError, match="train-images-idx3-ubyte.gz"):
+        datasets.load_fashion_mnist(data_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="data_dir"):
+        datasets.load_fashion_mnist()
+    with pytest.raises(ValueError, match="source"):
+        datasets.load_fashion_mnist(source="web")
+
+
+@pytest.mark.parametrize(
+    "load", [keras_kd.datasets.load_mnist, datasets.load_fashion_mnist]
+)
+def test_tfds_source_loads_through_tfds(load):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with tfds.testing.mock_data(num_examples=12):
+        (x, y), (x_test, y_test) = load(source="tfds")
+    assert x.shape[1:] == (28, 28, 1) and x.dtype == np.float32
+    assert 0.0 <= x.min() and x.max() <= 1.0
+    assert len(y) == len(x) and y.dtype == np.int64 and len(y_test) == len(x_test)
+
+
+def test_bundled_mnist_is_the_balanced_split():
+    (x, y), (x_test, y_test) = keras_kd.datasets.load_mnist()
+    assert x.shape == (5000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
+    assert np.bincount(y).tolist() == [500] * 10
