@@ -2,7 +2,8 @@
 
 For each seed: teacher A (`mnist_cnn((16, 32), num_classes=5)`) is trained on
 classes 0-4 only, teacher B on 5-9 only (`--teacher-epochs`, Adam, batch 64);
-then, with **no label at all**, an MLP student (100 hidden units) is distilled
+then, with **no label at all**, a student (`--student`: an MLP of 100 hidden
+units, or `mnist_cnn((16, 32))`, the teachers' architecture) is distilled
 on the whole training set (10 epochs, T = 1, cached targets, batch 64) from
 
 - today's merge: `LabelMergingTeacher(combine="logits")`,
@@ -16,7 +17,8 @@ each teacher alone on the test images of its own classes; each merged
 teacher and each student on the whole test set; the accuracy of the
 transfer-set targets against the (unused) training labels.
 
-    python -m benchmarks.merging --data mnist          # 3 seeds, ~5 min
+    python -m benchmarks.merging --data mnist          # 3 seeds, ~2 min
+    python -m benchmarks.merging --data mnist --student cnn
     python -m benchmarks.merging --data fashion_mnist  # 3 seeds, ~30 min
     python -m benchmarks.merging --data mnist --seeds 0 --teacher-epochs 1  # smoke
 """
@@ -67,9 +69,16 @@ def split_teachers(x, y, seed, epochs):
     return teachers
 
 
+STUDENTS = {
+    "mlp": lambda: keras_kd.models.mnist_mlp((100,), name="student"),
+    "cnn": lambda: keras_kd.models.mnist_cnn((16, 32), name="student"),
+}
+STUDENT = "mlp"
+
+
 def student(seed):
     keras.utils.set_random_seed(seed)
-    return keras_kd.models.mnist_mlp((100,), name="student")
+    return STUDENTS[STUDENT]()
 
 
 def distil(seed, teacher, x, targets, epochs):
@@ -121,7 +130,10 @@ def main(argv=None):
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=10, help="student epochs")
+    parser.add_argument("--student", choices=sorted(STUDENTS), default="mlp")
     args = parser.parse_args(argv)
+    global STUDENT
+    STUDENT = args.student
     data = load(args.data, args.data_dir)
     runs = []
     for seed in args.seeds:
@@ -129,7 +141,8 @@ def main(argv=None):
         runs.append(merging_seed(seed, data, args.teacher_epochs, args.epochs))
         print(f"seed {seed} ({time.time() - start:.0f} s): {runs[-1]}", flush=True)
     table(
-        f"{args.data}, teachers {args.teacher_epochs} epochs, seeds {args.seeds}",
+        f"{args.data}, teachers {args.teacher_epochs} epochs, {args.student} "
+        f"student, seeds {args.seeds}",
         runs,
     )
 
