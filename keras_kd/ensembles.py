@@ -13,7 +13,7 @@ import keras
 import numpy as np
 from keras import ops
 
-from keras_kd import _models, merging
+from keras_kd import _models, _training, merging
 
 _COMBINE = ("logits", "log_probabilities")
 
@@ -63,12 +63,6 @@ def _check_weights(weights, count):
     if sum(weights) <= 0:
         raise ValueError(f"`weights` must not all be zero, got {weights!r}.")
     return [float(weight) for weight in weights]
-
-
-def _serialize_model(model):
-    config = keras.saving.serialize_keras_object(model)
-    config.pop("compile_config", None)
-    return config
 
 
 def _check_logits_width(logits, expected, index):
@@ -163,7 +157,7 @@ class TeacherEnsemble(keras.Model):
         config = super().get_config()
         config.update(
             {
-                "teachers": [_serialize_model(t) for t in self.teachers],
+                "teachers": [_training.serialize_model(t) for t in self.teachers],
                 "weights": list(self.teacher_weights),
             }
         )
@@ -171,12 +165,7 @@ class TeacherEnsemble(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["teachers"] = [
-            keras.saving.deserialize_keras_object(t, custom_objects=custom_objects)
-            for t in config["teachers"]
-        ]
-        return cls(**config)
+        return cls(**_training.deserialize_models(config, ["teachers"], custom_objects))
 
 
 def _check_class_maps(class_maps, teachers, num_classes):
@@ -438,7 +427,7 @@ class LabelMergingTeacher(keras.Model):
         config = super().get_config()
         config.update(
             {
-                "teachers": [_serialize_model(t) for t in self.teachers],
+                "teachers": [_training.serialize_model(t) for t in self.teachers],
                 "class_maps": [list(m) for m in self.class_maps],
                 "num_classes": self.num_classes,
                 "weights": list(self.teacher_weights),
@@ -450,9 +439,4 @@ class LabelMergingTeacher(keras.Model):
 
     @classmethod
     def from_config(cls, config, custom_objects=None):
-        config = dict(config)
-        config["teachers"] = [
-            keras.saving.deserialize_keras_object(t, custom_objects=custom_objects)
-            for t in config["teachers"]
-        ]
-        return cls(**config)
+        return cls(**_training.deserialize_models(config, ["teachers"], custom_objects))
