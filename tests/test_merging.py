@@ -183,3 +183,12 @@ def test_calibrated_teacher_stays_frozen_in_a_distiller():
     distiller.fit(x, epochs=1, batch_size=8, verbose=0)
     for before, after in zip(weights, merged.get_weights()):
         np.testing.assert_array_equal(before, after)
+
+
+def test_a_label_merging_teacher_saved_without_offsets_loads_with_zeros():
+    # keras_kd 0.1 saved LabelMergingTeacher with no variable of its own.
+    merged = overlapping_merge()
+    merged.load_own_variables({})
+    np.testing.assert_array_equal(merged.class_offsets, 0.0)
+    merged.load_own_variables({"0": np.array([1.0, 2.0, 3.0], "float32")})
+    np.testing.assert_array_equal(merged.class_offsets, [1.0, 2.0, 3.0])
