@@ -25,6 +25,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker")
+TRAINERS = ("distiller", "mutual")
 TEACHER_UNITS = (64,)
 STUDENT_UNITS = (32,)
 
@@ -32,6 +33,12 @@ STUDENT_UNITS = (32,)
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--strategy", choices=STRATEGIES, default="default")
+    parser.add_argument(
+        "--trainer",
+        choices=TRAINERS,
+        default="distiller",
+        help="mutual: MutualLearning of the student and the teacher's network",
+    )
     parser.add_argument("--cpus", type=int, default=1, help="logical CPU devices")
     parser.add_argument("--teacher", required=True, help="teacher .weights.h5")
     parser.add_argument("--student", required=True, help="initial student weights")
@@ -131,7 +138,11 @@ def main(argv=None):
         teacher.load_weights(args.teacher)
         student = keras_kd.models.mnist_mlp(STUDENT_UNITS, name="student")
         student.load_weights(args.student)
-        distiller = keras_kd.Distiller(student=student, teacher=teacher)
+        if args.trainer == "mutual":
+            # Both networks train: "teacher" is the second student.
+            distiller = keras_kd.MutualLearning([student, teacher])
+        else:
+            distiller = keras_kd.Distiller(student=student, teacher=teacher)
         distiller.compile(
             optimizer=keras.optimizers.Adam(1e-3),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],

@@ -145,20 +145,24 @@ class Runs:
             argv += [f"--{key.replace('_', '-')}", str(value)]
         return argv
 
-    def single(self, strategy, cpus=1, epochs=1):
-        name = f"{strategy}_{cpus}_{epochs}"
+    def single(self, strategy, cpus=1, epochs=1, trainer="distiller"):
+        name = f"{strategy}_{cpus}_{epochs}_{trainer}"
         if name not in self.cache:
-            argv = self.argv(name, strategy=strategy, cpus=cpus, epochs=epochs)
+            argv = self.argv(
+                name, strategy=strategy, cpus=cpus, epochs=epochs, trainer=trainer
+            )
             with job([argv], self.folder) as processes:
                 wait_all(processes, self.folder)
             self.cache[name] = load(self.folder / f"{name}.npz")
         return self.cache[name]
 
-    def multi_worker(self, epochs=1):
-        name = f"multi_worker_{epochs}"
+    def multi_worker(self, epochs=1, trainer="distiller"):
+        name = f"multi_worker_{epochs}_{trainer}"
         if name not in self.cache:
             ports = [free_port(), free_port()]
-            argv = self.argv(name, strategy="multi_worker", epochs=epochs)
+            argv = self.argv(
+                name, strategy="multi_worker", epochs=epochs, trainer=trainer
+            )
             envs = [{"TF_CONFIG": tf_config(ports, i)} for i in range(2)]
             with job([argv, argv], self.folder, envs) as processes:
                 wait_all(processes, self.folder)
@@ -171,11 +175,16 @@ def runs(weights, tmp_path_factory):
     return Runs(weights, tmp_path_factory.mktemp("runs"))
 
 
-def assert_same_training(result, reference, rtol=1e-5, atol=1e-6):
+def assert_same_training(
+    result, reference, rtol=1e-5, atol=1e-6, log_keys=LOG_KEYS, prefixes=("student",)
+):
     assert int(result["iterations"]) == int(reference["iterations"])
-    for ours, theirs in zip(student_weights(result), student_weights(reference)):
-        np.testing.assert_allclose(ours, theirs, rtol=rtol, atol=atol)
-    for key in LOG_KEYS:
+    for prefix in prefixes:
+        ours, theirs = _numbered(result, prefix), _numbered(reference, prefix)
+        assert len(ours) == len(theirs) > 0
+        for mine, other in zip(ours, theirs):
+            np.testing.assert_allclose(mine, other, rtol=rtol, atol=atol)
+    for key in log_keys:
         assert float(result[f"log_{key}"]) == pytest.approx(
             float(reference[f"log_{key}"]), rel=rtol
         ), key
@@ -206,6 +215,29 @@ def test_multi_worker_trains_like_the_default_strategy(runs):
     result = runs.multi_worker()
     assert int(result["replicas"]) == 2
     assert_same_training(result, reference)
+
+
+MUTUAL_LOG_KEYS = (
+    "loss",
+    "student_0_loss",
+    "mutual_0_loss",
+    "student_1_loss",
+    "mutual_1_loss",
+    "accuracy",
+)
+
+
+@pytest.mark.slow
+def test_mutual_learning_multi_worker_trains_like_the_default_strategy(runs, weights):
+    reference = runs.single("default", trainer="mutual")
+    result = runs.multi_worker(trainer="mutual")
+    assert int(result["replicas"]) == 2
+    # Both networks train, on two workers as on one device.
+    assert_same_training(
+        result, reference, log_keys=MUTUAL_LOG_KEYS, prefixes=("student", "teacher")
+    )
+    second = _numbered(result, "teacher")
+    assert not np.array_equal(second[0], weights["teacher_weights"][0])
 
 
 def kill_and_resume(runs, tmp_path, workers, pausing_worker):
