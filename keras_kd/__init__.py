@@ -10,6 +10,7 @@ from keras_kd import (
     merging,
     models,
     mutual,
+    views,
 )
 from keras_kd.caching import attach_teacher_logits, cache_teacher_outputs
 from keras_kd.chains import ChainStage, distill_chain
@@ -48,12 +49,16 @@ from keras_kd.losses import (
 )
 from keras_kd.mutual import MutualLearning
 from keras_kd.version import __version__
+from keras_kd.views import ViewCache, cache_teacher_views
 
 __all__ = [
+    "ViewCache",
+    "views",
     "attach_teacher_logits",
     "attention_transfer_loss",
     "AttentionTransfer",
     "cache_teacher_outputs",
+    "cache_teacher_views",
     "chains",
     "ChainStage",
     "compression_report",

@@ -25,7 +25,8 @@ TEACHER_LOGITS_KEY = "keras_kd_teacher_logits"
 _DTYPES = ("float32", "float16")
 
 
-def _check_dtype(dtype):
+def check_cache_dtype(dtype):
+    """`ValueError` unless `dtype` is a cache dtype (float32 or float16)."""
     if dtype not in _DTYPES:
         raise ValueError(
             f"`dtype` must be one of {_DTYPES} (float16 halves the cache's "
@@ -40,7 +41,9 @@ def _check_batch_size(batch_size):
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
 
 
-def _inference_function(teacher, teacher_outputs, jit_compile):
+def teacher_logits_function(teacher, teacher_outputs="logits", jit_compile=False):
+    """A `tf.function` of a batch: the teacher's float32 logits, inference mode."""
+
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def logits_of(x):
         outputs = tf.cast(teacher(x, training=False), "float32")
@@ -69,6 +72,7 @@ def cache_teacher_outputs(
     directory=None,
     teacher_outputs="logits",
     jit_compile="auto",
+    verbose="auto",
 ):
     """Runs the teacher once over a transfer set and keeps its logits.
 
@@ -107,6 +111,8 @@ def cache_teacher_outputs(
             does so when a GPU or TPU is present, as Keras does: on CPU, XLA
             measured no faster and adds seconds of compilation. Defaults to
             `"auto"`.
+        verbose: `"auto"` or 1 shows a progress bar (as `predict` does),
+            0 nothing. Defaults to `"auto"`.
 
     Returns:
         A numpy array (or memory map) of logits for arrays; a
@@ -125,7 +131,7 @@ def cache_teacher_outputs(
     """
     if not isinstance(teacher, keras.Model):
         raise ValueError(f"`teacher` must be a `keras.Model`, got {teacher!r}.")
-    _check_dtype(dtype)
+    check_cache_dtype(dtype)
     _check_batch_size(batch_size)
     if teacher_outputs not in ("logits", "probabilities"):
         raise ValueError(
@@ -138,16 +144,18 @@ def cache_teacher_outputs(
         jit_compile = any(
             device.device_type != "CPU" for device in tf.config.list_physical_devices()
         )
-    logits_of = _inference_function(teacher, teacher_outputs, bool(jit_compile))
+    logits_of = teacher_logits_function(teacher, teacher_outputs, bool(jit_compile))
+    verbose = 0 if verbose == 0 else 1
     if isinstance(x, tf.data.Dataset):
-        return _cache_dataset(x, logits_of, dtype, directory)
-    return _cache_arrays(x, logits_of, batch_size, dtype, directory)
+        return _cache_dataset(x, logits_of, dtype, directory, verbose)
+    return _cache_arrays(x, logits_of, batch_size, dtype, directory, verbose)
 
 
-def _cache_arrays(x, logits_of, batch_size, dtype, directory):
+def _cache_arrays(x, logits_of, batch_size, dtype, directory, verbose):
     count = _num_examples(x)
     if count == 0:
         raise ValueError("`x` is empty: there is nothing to cache.")
+    progress = keras.utils.Progbar(-(-count // batch_size), verbose=verbose)
     out = None
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
@@ -163,6 +171,7 @@ def _cache_arrays(x, logits_of, batch_size, dtype, directory):
                     path, mode="w+", dtype=dtype, shape=shape
                 )
         out[start : start + len(logits)] = logits
+        progress.add(1)
     if directory is not None:
         out.flush()
         path = out.filename
@@ -171,7 +180,7 @@ def _cache_arrays(x, logits_of, batch_size, dtype, directory):
     return out
 
 
-def _cache_dataset(dataset, logits_of, dtype, directory):
+def _cache_dataset(dataset, logits_of, dtype, directory, verbose):
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise ValueError(
             "The dataset is infinite (it has a `repeat()`): a cache needs one "
@@ -188,9 +197,12 @@ def _cache_dataset(dataset, logits_of, dtype, directory):
 
     filename = "" if directory is None else os.path.join(directory, "teacher_cache")
     cached = dataset.map(attach).unbatch().cache(filename)
+    progress = keras.utils.Progbar(None, verbose=verbose, unit_name="example")
     count = 0
     for _ in cached:  # one pass fills the cache; later epochs only read it
         count += 1
+        progress.update(count)
+    progress.update(count, finalize=True)
     if count == 0:
         raise ValueError("The dataset is empty: there is nothing to cache.")
     return cached.apply(tf.data.experimental.assert_cardinality(count))

@@ -1,0 +1,370 @@
+"""A view cache: the teacher's outputs on K augmented views per example, once.
+
+Consistent augmentation ("function matching") needs the teacher on every
+step, because every step draws new augmented inputs. FKD (Shen & Xing, "A
+Fast Knowledge Distillation Framework for Visual Recognition", ECCV 2022) and
+ReLabel (Yun et al., CVPR 2021) record instead, once, K augmented views of
+each training example with the teacher's soft labels on each; training then
+draws one recorded view per example and epoch, with exactly the teacher
+targets of that view. The teacher runs K times per example in all, whatever
+the number of epochs.
+
+`cache_teacher_views(teacher, x, augmentation, num_views=K)` builds a
+`ViewCache`; `ViewCache.dataset(x, y)` is a `tf.data.Dataset` for
+`Distiller.fit`:
+
+```python
+views = keras_kd.cache_teacher_views(
+    teacher, x_train, keras_kd.views.ShiftFlip(max_shift=3), num_views=16
+)
+distiller.fit(views.dataset(x_train, y_train, batch_size=64), epochs=80)
+```
+
+What is stored per example and view:
+
+- with `ShiftFlip` (pad-and-crop, that is an integer translation with zero
+  fill, and an optional horizontal flip): its three parameters `(dy, dx,
+  flip)` as int8, 3 bytes, and the view is rebuilt from `x` when drawn;
+- with any other augmentation (a Keras preprocessing layer, or a function of
+  a batch): the augmented pixels, as float16;
+- the teacher's logits, as float16 (or float32).
+
+Each epoch, every example gets one of its K views, drawn uniformly at random
+and independently per example and epoch (NumPy's generator seeded with
+`(seed, epoch)`: reproducible from `seed`, new draws every epoch). Mixup is
+not applied on recorded views: the teacher is not linear, so the mixed
+targets of two views are not the teacher's targets on their mix
+(`Distiller(mixup_alpha=...)` with a cache stays a `ValueError`).
+"""
+
+import hashlib
+import json
+import math
+import os
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_kd.caching import (
+    INPUTS_KEY,
+    TEACHER_LOGITS_KEY,
+    check_cache_dtype,
+    teacher_logits_function,
+)
+
+_META = "views.json"
+_ARRAYS = ("logits", "params", "pixels")
+_FINGERPRINT_ROWS = 64
+
+
+class ShiftFlip:
+    """Pad-and-crop (integer shifts, zero fill) and horizontal flips, recordable.
+
+    A view of image `x` (height, width, channels) with parameters `(dy, dx,
+    flip)` is `x` moved down by `dy` and right by `dx` pixels (the uncovered
+    border filled with zeros, as a random crop of the zero-padded image),
+    then mirrored left-right if `flip`. `dy`, `dx` are uniform integers in
+    `[-max_shift, max_shift]`; `flip` is drawn with probability 1/2 when
+    `flip=True`. CIFAR's standard augmentation is `ShiftFlip(4, flip=True)`.
+
+    Args:
+        max_shift: Largest shift in pixels, an int >= 0 (at most 127).
+        flip: Whether to draw horizontal flips. Defaults to `False`.
+    """
+
+    def __init__(self, max_shift: int, flip: bool = False) -> None:
+        if isinstance(max_shift, bool) or not isinstance(max_shift, int):
+            raise ValueError(
+                f"`max_shift` must be an int in [0, 127], got {max_shift!r}."
+            )
+        if not 0 <= max_shift <= 127:
+            raise ValueError(
+                f"`max_shift` must be an int in [0, 127], got {max_shift!r}."
+            )
+        self.max_shift = max_shift
+        self.flip = bool(flip)
+
+    def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
+        """`(count, 3)` int8 parameters `(dy, dx, flip)`."""
+        shifts = rng.integers(-self.max_shift, self.max_shift + 1, size=(count, 2))
+        flips = (
+            rng.integers(0, 2, size=(count, 1)) if self.flip else np.zeros((count, 1))
+        )
+        return np.concatenate([shifts, flips], axis=1).astype(np.int8)
+
+    @staticmethod
+    def apply(images: np.ndarray, params: np.ndarray) -> np.ndarray:
+        """The views of `images` `(n, h, w, c)` under `params` `(n, 3)`."""
+        images = np.asarray(images)
+        out = np.zeros_like(images)
+        height, width = images.shape[1:3]
+        for index, (dy, dx, flip) in enumerate(np.asarray(params, np.int64)):
+            source = images[index, :, ::-1] if flip else images[index]
+            rows = slice(max(dy, 0), height + min(dy, 0))
+            cols = slice(max(dx, 0), width + min(dx, 0))
+            source_rows = slice(max(-dy, 0), height - max(dy, 0))
+            source_cols = slice(max(-dx, 0), width - max(dx, 0))
+            out[index, rows, cols] = source[source_rows, source_cols]
+        return out
+
+    def get_config(self) -> dict:
+        return {"max_shift": self.max_shift, "flip": self.flip}
+
+
+def fingerprint(x: np.ndarray) -> str:
+    """A hash of `x`'s shape, dtype and a strided sample of its rows."""
+    x = np.asarray(x)
+    step = max(1, len(x) // _FINGERPRINT_ROWS)
+    digest = hashlib.sha256(repr((x.shape, str(x.dtype))).encode())
+    digest.update(np.ascontiguousarray(x[::step]).tobytes())
+    return digest.hexdigest()[:16]
+
+
+class ViewCache:
+    """The teacher's logits on `num_views` recorded views of each example.
+
+    Built by `cache_teacher_views`, or loaded from its directory with
+    `ViewCache.load`. `logits` has shape `(examples, num_views, classes)`;
+    `params` `(examples, num_views, 3)` (with `ShiftFlip`) or `pixels`
+    `(examples, num_views, ...)` (other augmentations) holds the views.
+    """
+
+    def __init__(self, logits, params=None, pixels=None, shift_flip=None, source=""):
+        self.logits, self.params, self.pixels = logits, params, pixels
+        self.shift_flip = shift_flip
+        self.source = source  # `fingerprint` of the `x` the cache was built on
+
+    @property
+    def num_examples(self) -> int:
+        return int(self.logits.shape[0])
+
+    @property
+    def num_views(self) -> int:
+        return int(self.logits.shape[1])
+
+    @property
+    def nbytes(self) -> int:
+        """The cache's size in bytes (logits plus views)."""
+        arrays = (self.logits, self.params, self.pixels)
+        return int(sum(a.nbytes for a in arrays if a is not None))
+
+    def bytes_per_example(self) -> float:
+        """The size per training example, all its views included."""
+        return self.nbytes / self.num_examples
+
+    def views_of(self, x, indices, views):
+        """The recorded views `views` of the examples `indices` of `x`."""
+        if self.pixels is not None:
+            return np.asarray(self.pixels[indices, views], dtype=np.float32)
+        images = np.asarray(x[indices])
+        return ShiftFlip.apply(images, self.params[indices, views])
+
+    def check_source(self, x) -> None:
+        """`ValueError` unless `x` is the data the cache was built on."""
+        if len(x) != self.num_examples or fingerprint(x) != self.source:
+            raise ValueError(
+                f"The view cache was built for other data ({self.num_examples} "
+                f"examples, fingerprint {self.source}); `x` has {len(x)} "
+                f"(fingerprint {fingerprint(x)}). Rebuild it with "
+                "`keras_kd.cache_teacher_views(teacher, x, ...)`."
+            )
+
+    def dataset(self, x, y=None, sample_weight=None, batch_size=64, seed=None):
+        """Batches of one recorded view per example, with its teacher logits.
+
+        Each pass over the dataset (each epoch of `fit`) shuffles the
+        examples and gives each one of its views, uniformly at random, from
+        NumPy's generator seeded with `(seed, pass number)`: reproducible
+        from `seed` whatever TensorFlow's global seed, new draws every epoch.
+        The batches are `({inputs, teacher logits}, y, sample_weight)` in the
+        structure `Distiller.fit` reads.
+        """
+        x = np.asarray(x)
+        self.check_source(x)
+        if sample_weight is not None and y is None:
+            raise ValueError("`sample_weight` needs `y`: pass the labels too.")
+        extras = []
+        for name, values in (("y", y), ("sample_weight", sample_weight)):
+            if values is not None and len(values) != self.num_examples:
+                raise ValueError(
+                    f"`{name}` has {len(values)} rows for the cache's "
+                    f"{self.num_examples} examples."
+                )
+            extras.append(None if values is None else np.asarray(values))
+        if seed is None:
+            seed = int(np.random.randint(2**31 - 1))
+        passes = iter(range(2**62))
+
+        def batches():
+            rng = np.random.default_rng((seed, next(passes)))
+            order = rng.permutation(self.num_examples)
+            views = rng.integers(0, self.num_views, size=self.num_examples)
+            for start in range(0, self.num_examples, batch_size):
+                index = np.sort(order[start : start + batch_size])
+                view = views[index]
+                packed = {
+                    INPUTS_KEY: self.views_of(x, index, view),
+                    TEACHER_LOGITS_KEY: np.asarray(
+                        self.logits[index, view], np.float32
+                    ),
+                }
+                yield (packed,) + tuple(e[index] for e in extras if e is not None)
+
+        signature = (
+            {
+                INPUTS_KEY: tf.TensorSpec((None,) + x.shape[1:], tf.float32),
+                TEACHER_LOGITS_KEY: tf.TensorSpec(
+                    (None, self.logits.shape[-1]), tf.float32
+                ),
+            },
+        ) + tuple(
+            tf.TensorSpec((None,) + e.shape[1:], tf.as_dtype(e.dtype))
+            for e in extras
+            if e is not None
+        )
+        dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        steps = -(-self.num_examples // batch_size)
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
+        return dataset.prefetch(tf.data.AUTOTUNE)
+
+    def save(self, directory: str) -> None:
+        """Writes the arrays (`.npy`) and what they were built for (`views.json`)."""
+        os.makedirs(directory, exist_ok=True)
+        for name in _ARRAYS:
+            values = getattr(self, name)
+            path = os.path.join(directory, f"{name}.npy")
+            if values is not None and getattr(values, "filename", None) != path:
+                np.save(path, np.asarray(values))
+        meta = {
+            "num_views": self.num_views,
+            "source": self.source,
+            "shift_flip": None
+            if self.shift_flip is None
+            else self.shift_flip.get_config(),
+        }
+        with open(os.path.join(directory, _META), "w") as handle:
+            json.dump(meta, handle)
+
+    @classmethod
+    def load(cls, directory: str, num_views: int | None = None) -> "ViewCache":
+        """The cache saved in `directory` (memory-mapped, read-only).
+
+        `num_views`, if given, must be the cache's: a cache of another K is a
+        `ValueError`.
+        """
+        with open(os.path.join(directory, _META)) as handle:
+            meta = json.load(handle)
+        if num_views is not None and num_views != meta["num_views"]:
+            raise ValueError(
+                f"The view cache in {directory!r} has {meta['num_views']} views "
+                f"per example, not {num_views}: rebuild it with "
+                f"`num_views={num_views}`."
+            )
+        arrays = {}
+        for name in _ARRAYS:
+            path = os.path.join(directory, f"{name}.npy")
+            arrays[name] = (
+                np.load(path, mmap_mode="r") if os.path.exists(path) else None
+            )
+        shift_flip = meta["shift_flip"]
+        return cls(
+            arrays["logits"],
+            arrays["params"],
+            arrays["pixels"],
+            None if shift_flip is None else ShiftFlip(**shift_flip),
+            meta["source"],
+        )
+
+
+def _check_num_views(num_views):
+    if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
+        raise ValueError(f"`num_views` must be an int >= 1, got {num_views!r}.")
+
+
+def _augment_batch(augmentation, images, rng):
+    """`(views, params)` of a batch: params for `ShiftFlip`, else pixels."""
+    if isinstance(augmentation, ShiftFlip):
+        params = augmentation.draw(len(images), rng)
+        return ShiftFlip.apply(images, params), params
+    if isinstance(augmentation, keras.layers.Layer):
+        views = augmentation(images, training=True)
+    else:
+        views = augmentation(images)
+    # Stored as float16: the teacher sees the rounded pixels the student will.
+    views = keras.ops.convert_to_numpy(views).astype(np.float16)
+    return views.astype(np.float32), None
+
+
+def cache_teacher_views(
+    teacher,
+    x,
+    augmentation,
+    num_views=16,
+    batch_size=256,
+    dtype="float16",
+    seed=None,
+    directory=None,
+    teacher_outputs="logits",
+    verbose="auto",
+):
+    """Records `num_views` augmented views of each example and the teacher's logits.
+
+    Args:
+        teacher: The trained `keras.Model`.
+        x: The training images, one numpy array `(examples, ...)`.
+        augmentation: A `ShiftFlip` (parameters stored, 3 bytes a view), a
+            Keras preprocessing layer or model (called with `training=True`),
+            or a function of a batch (pixels stored, float16).
+        num_views: K, the views per example. Defaults to 16.
+        batch_size: Teacher inference batch size. Defaults to 256.
+        dtype: `"float16"` or `"float32"` logits. Defaults to `"float16"`.
+        seed: Seed of `ShiftFlip`'s draws. Defaults to `None`: NumPy's
+            global generator.
+        directory: Where to write the cache (`ViewCache.load` reads it
+            back). Defaults to `None`, in memory.
+        teacher_outputs: `"logits"` or `"probabilities"`, as for
+            `Distiller`. Defaults to `"logits"`.
+        verbose: `"auto"` or 1 shows a progress bar, 0 nothing.
+
+    Returns:
+        A `ViewCache`.
+    """
+    _check_num_views(num_views)
+    check_cache_dtype(dtype)
+    x = np.asarray(x)
+    if len(x) == 0:
+        raise ValueError("`x` is empty: there is nothing to cache.")
+    if not (isinstance(augmentation, ShiftFlip) or callable(augmentation)):
+        raise ValueError(
+            "`augmentation` must be a `keras_kd.views.ShiftFlip`, a Keras "
+            f"preprocessing layer or a function of a batch, got {augmentation!r}."
+        )
+    rng = np.random.default_rng(seed if seed is not None else np.random.randint(2**31))
+    logits_of = teacher_logits_function(teacher, teacher_outputs)
+    steps = math.ceil(len(x) / batch_size)
+    progress = keras.utils.Progbar(num_views * steps, verbose=0 if verbose == 0 else 1)
+    logits = params = pixels = None
+    for view in range(num_views):
+        for start in range(0, len(x), batch_size):
+            rows = slice(start, start + batch_size)
+            views, drawn = _augment_batch(augmentation, x[rows], rng)
+            batch_logits = logits_of(views).numpy().astype(dtype)
+            if logits is None:
+                logits = np.empty((len(x), num_views, batch_logits.shape[-1]), dtype)
+                if drawn is None:
+                    pixels = np.empty((len(x), num_views) + views.shape[1:], np.float16)
+                else:
+                    params = np.empty((len(x), num_views, 3), np.int8)
+            logits[rows, view] = batch_logits
+            if drawn is None:
+                pixels[rows, view] = views
+            else:
+                params[rows, view] = drawn
+            progress.add(1)
+    shift_flip = augmentation if isinstance(augmentation, ShiftFlip) else None
+    cache = ViewCache(logits, params, pixels, shift_flip, fingerprint(x))
+    if directory is not None:
+        cache.save(directory)
+        cache = ViewCache.load(directory)
+    return cache
