@@ -22,9 +22,9 @@ distiller.fit(views.dataset(x_train, y_train, batch_size=64), epochs=80)
 
 What is stored per example and view:
 
-- with `ShiftFlip` (pad-and-crop, that is an integer translation with zero
-  fill, and an optional horizontal flip): its three parameters `(dy, dx,
-  flip)` as int8, 3 bytes, and the view is rebuilt from `x` when drawn;
+- with `ShiftFlip` (pad-and-crop or sub-pixel translation with zero fill,
+  and an optional horizontal flip): its three parameters `(dy, dx, flip)` as
+  float16, 6 bytes, and the view is rebuilt from `x` when drawn;
 - with any other augmentation (a Keras preprocessing layer, or a function of
   a batch): the augmented pixels, as float16;
 - the teacher's logits, as float16 (or float32).
@@ -58,58 +58,92 @@ _ARRAYS = ("logits", "params", "pixels")
 _FINGERPRINT_ROWS = 64
 
 
+def _shifted(image, dy, dx):
+    """`image` moved down `dy` and right `dx` whole pixels, zeros behind."""
+    out = np.zeros_like(image)
+    height, width = image.shape[:2]
+    if abs(dy) >= height or abs(dx) >= width:
+        return out
+    rows = slice(max(dy, 0), height + min(dy, 0))
+    cols = slice(max(dx, 0), width + min(dx, 0))
+    out[rows, cols] = image[
+        max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
+    ]
+    return out
+
+
 class ShiftFlip:
-    """Pad-and-crop (integer shifts, zero fill) and horizontal flips, recordable.
+    """Pad-and-crop or sub-pixel translations and horizontal flips, recordable.
 
     A view of image `x` (height, width, channels) with parameters `(dy, dx,
-    flip)` is `x` moved down by `dy` and right by `dx` pixels (the uncovered
-    border filled with zeros, as a random crop of the zero-padded image),
-    then mirrored left-right if `flip`. `dy`, `dx` are uniform integers in
-    `[-max_shift, max_shift]`; `flip` is drawn with probability 1/2 when
-    `flip=True`. CIFAR's standard augmentation is `ShiftFlip(4, flip=True)`.
+    flip)` is `x` mirrored left-right if `flip`, then moved down by `dy` and
+    right by `dx` pixels, the uncovered border filled with zeros (for whole
+    pixels, a random crop of the zero-padded image). A fractional shift
+    interpolates bilinearly between the four whole-pixel shifts around it,
+    `sum (1 - |dy - a|)(1 - |dx - b|) shift(x, a, b)` over `a` in
+    `{floor dy, floor dy + 1}`, `b` likewise (what
+    `keras.layers.RandomTranslation(fill_mode="constant")` does). `dy`, `dx`
+    are uniform in `[-max_shift, max_shift]`: integers, or reals with
+    `subpixel=True`; `flip` is drawn with probability 1/2 when `flip=True`.
+    The parameters are stored as float16, 6 bytes a view. CIFAR's standard
+    augmentation is `ShiftFlip(4, flip=True)`; `RandomTranslation(0.1, 0.1)`
+    on 28-pixel MNIST is `ShiftFlip(2.8, subpixel=True)`.
 
     Args:
-        max_shift: Largest shift in pixels, an int >= 0 (at most 127).
+        max_shift: Largest shift in pixels, a number in [0, 127] (an int
+            unless `subpixel`).
         flip: Whether to draw horizontal flips. Defaults to `False`.
+        subpixel: Draw real-valued shifts. Defaults to `False`.
     """
 
-    def __init__(self, max_shift: int, flip: bool = False) -> None:
-        if isinstance(max_shift, bool) or not isinstance(max_shift, int):
+    def __init__(self, max_shift, flip: bool = False, subpixel: bool = False) -> None:
+        kind = (int, float) if subpixel else (int,)
+        if (
+            isinstance(max_shift, bool)
+            or not isinstance(max_shift, kind)
+            or not 0 <= max_shift <= 127
+        ):
+            accepted = "a number" if subpixel else "an int (or `subpixel=True`)"
             raise ValueError(
-                f"`max_shift` must be an int in [0, 127], got {max_shift!r}."
-            )
-        if not 0 <= max_shift <= 127:
-            raise ValueError(
-                f"`max_shift` must be an int in [0, 127], got {max_shift!r}."
+                f"`max_shift` must be {accepted} in [0, 127], got {max_shift!r}."
             )
         self.max_shift = max_shift
         self.flip = bool(flip)
+        self.subpixel = bool(subpixel)
 
     def draw(self, count: int, rng: np.random.Generator) -> np.ndarray:
-        """`(count, 3)` int8 parameters `(dy, dx, flip)`."""
-        shifts = rng.integers(-self.max_shift, self.max_shift + 1, size=(count, 2))
+        """`(count, 3)` float16 parameters `(dy, dx, flip)`."""
+        if self.subpixel:
+            shifts = rng.uniform(-self.max_shift, self.max_shift, size=(count, 2))
+        else:
+            shifts = rng.integers(-self.max_shift, self.max_shift + 1, size=(count, 2))
         flips = (
             rng.integers(0, 2, size=(count, 1)) if self.flip else np.zeros((count, 1))
         )
-        return np.concatenate([shifts, flips], axis=1).astype(np.int8)
+        return np.concatenate([shifts, flips], axis=1).astype(np.float16)
 
     @staticmethod
     def apply(images: np.ndarray, params: np.ndarray) -> np.ndarray:
         """The views of `images` `(n, h, w, c)` under `params` `(n, 3)`."""
         images = np.asarray(images)
-        out = np.zeros_like(images)
-        height, width = images.shape[1:3]
-        for index, (dy, dx, flip) in enumerate(np.asarray(params, np.int64)):
+        params = np.asarray(params, np.float64)
+        out = np.zeros(images.shape, np.result_type(images.dtype, np.float32))
+        for index, (dy, dx, flip) in enumerate(params):
             source = images[index, :, ::-1] if flip else images[index]
-            rows = slice(max(dy, 0), height + min(dy, 0))
-            cols = slice(max(dx, 0), width + min(dx, 0))
-            source_rows = slice(max(-dy, 0), height - max(dy, 0))
-            source_cols = slice(max(-dx, 0), width - max(dx, 0))
-            out[index, rows, cols] = source[source_rows, source_cols]
+            low_y, low_x = int(np.floor(dy)), int(np.floor(dx))
+            for a, weight_y in ((0, 1 - (dy - low_y)), (1, dy - low_y)):
+                for b, weight_x in ((0, 1 - (dx - low_x)), (1, dx - low_x)):
+                    if weight_y * weight_x > 0:
+                        moved = _shifted(source, low_y + a, low_x + b)
+                        out[index] += weight_y * weight_x * moved
         return out
 
     def get_config(self) -> dict:
-        return {"max_shift": self.max_shift, "flip": self.flip}
+        return {
+            "max_shift": self.max_shift,
+            "flip": self.flip,
+            "subpixel": self.subpixel,
+        }
 
 
 def fingerprint(x: np.ndarray) -> str:
@@ -313,7 +347,7 @@ def cache_teacher_views(
     Args:
         teacher: The trained `keras.Model`.
         x: The training images, one numpy array `(examples, ...)`.
-        augmentation: A `ShiftFlip` (parameters stored, 3 bytes a view), a
+        augmentation: A `ShiftFlip` (parameters stored, 6 bytes a view), a
             Keras preprocessing layer or model (called with `training=True`),
             or a function of a batch (pixels stored, float16).
         num_views: K, the views per example. Defaults to 16.
@@ -355,7 +389,7 @@ def cache_teacher_views(
                 if drawn is None:
                     pixels = np.empty((len(x), num_views) + views.shape[1:], np.float16)
                 else:
-                    params = np.empty((len(x), num_views, 3), np.int8)
+                    params = np.empty((len(x), num_views, 3), np.float16)
             logits[rows, view] = batch_logits
             if drawn is None:
                 pixels[rows, view] = views

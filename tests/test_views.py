@@ -36,9 +36,31 @@ def test_shift_flip_by_hand():
     np.testing.assert_array_equal(flipped, [[2, 1, 0], [5, 4, 3], [8, 7, 6]])
     drawn = ShiftFlip(2, flip=True).draw(1000, np.random.default_rng(0))
     assert (
-        drawn.dtype == np.int8 and drawn[:, :2].min() == -2 and drawn[:, :2].max() == 2
+        drawn.dtype == np.float16
+        and drawn[:, :2].min() == -2
+        and drawn[:, :2].max() == 2
     )
     assert set(np.unique(drawn[:, 2])) == {0, 1}
+
+
+def test_subpixel_shifts_interpolate_like_keras_affine_transform():
+    image = np.arange(9, dtype="float32").reshape(1, 3, 3, 1)
+    # Right by half a pixel: each pixel is the mean of itself and its left
+    # neighbour, with zero beyond the border.
+    half = ShiftFlip.apply(image, np.array([[0, 0.5, 0]]))[0, ..., 0]
+    np.testing.assert_allclose(half, [[0, 0.5, 1.5], [1.5, 3.5, 4.5], [3, 6.5, 7.5]])
+    x = np.random.default_rng(0).uniform(size=(2, 8, 8, 1)).astype("float32")
+    params = np.array([[1.25, -0.5, 0], [-2.75, 0.25, 1]])
+    ours = ShiftFlip.apply(x, params)
+    flipped = np.stack([x[0], x[1, :, ::-1]])
+    # keras maps each output pixel (y, x) to the input point (y - dy, x - dx).
+    transforms = np.array([[1, 0, -dx, 0, 1, -dy, 0, 0] for dy, dx, _ in params])
+    theirs = keras.ops.image.affine_transform(
+        flipped, transforms.astype("float32"), fill_mode="constant"
+    )
+    np.testing.assert_allclose(ours, keras.ops.convert_to_numpy(theirs), atol=1e-6)
+    drawn = ShiftFlip(2.8, subpixel=True).draw(1000, np.random.default_rng(0))
+    assert np.abs(drawn[:, :2]).max() <= 2.8 and len(np.unique(drawn[:, 0])) > 100
 
 
 def batches_of(dataset):
@@ -108,7 +130,7 @@ def test_views_are_redrawn_every_epoch_and_reproducible_from_the_seed():
 def test_draws_are_uniform_over_the_views():
     # A cache whose view v of every example has logits (v, v, v).
     logits = np.repeat(np.arange(3.0)[None, :, None], COUNT, 0) * np.ones(CLASSES)
-    params = np.zeros((COUNT, 3, 3), np.int8)
+    params = np.zeros((COUNT, 3, 3), np.float16)
     views = ViewCache(logits, params, None, ShiftFlip(0), fingerprint(X))
     dataset = views.dataset(X, np.arange(COUNT), batch_size=COUNT, seed=0)
     counts = np.zeros(3)
@@ -203,7 +225,7 @@ def test_bad_arguments_are_rejected(kwargs, match):
         cache_teacher_views(linear_teacher(), X, verbose=0, **arguments)
 
 
-@pytest.mark.parametrize("shift", [-1, 1.5, True, 128])
+@pytest.mark.parametrize("shift", [-1, 1.5, True, 128, "2"])
 def test_bad_shifts_are_rejected(shift):
     with pytest.raises(ValueError, match="max_shift"):
         ShiftFlip(shift)
