@@ -58,18 +58,30 @@ _ARRAYS = ("logits", "params", "pixels")
 _FINGERPRINT_ROWS = 64
 
 
-def _shifted(image, dy, dx):
-    """`image` moved down `dy` and right `dx` whole pixels, zeros behind."""
-    out = np.zeros_like(image)
-    height, width = image.shape[:2]
-    if abs(dy) >= height or abs(dx) >= width:
-        return out
-    rows = slice(max(dy, 0), height + min(dy, 0))
-    cols = slice(max(dx, 0), width + min(dx, 0))
-    out[rows, cols] = image[
-        max(-dy, 0) : height - max(dy, 0), max(-dx, 0) : width - max(dx, 0)
-    ]
-    return out
+def shift_flip_tensors(images, params):
+    """`ShiftFlip`'s views in TensorFlow: `images` `(n, h, w, c)`, `params` `(n, 3)`.
+
+    The flip, then `ImageProjectiveTransformV3` (bilinear, zero fill), the op
+    behind `keras.ops.image.affine_transform` and `RandomTranslation`: each
+    output pixel `(y, x)` reads the input at `(y - dy, x - dx)`.
+    """
+    images = tf.cast(images, tf.float32)
+    params = tf.cast(params, tf.float32)
+    flipped = tf.reshape(params[:, 2] > 0, (-1, 1, 1, 1))
+    images = tf.where(flipped, tf.reverse(images, axis=[2]), images)
+    count = tf.shape(images)[0]
+    ones, zeros = tf.ones((count,)), tf.zeros((count,))
+    transforms = tf.stack(
+        [ones, zeros, -params[:, 1], zeros, ones, -params[:, 0], zeros, zeros], axis=1
+    )
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images,
+        transforms=transforms,
+        output_shape=tf.shape(images)[1:3],
+        fill_value=0.0,
+        interpolation="BILINEAR",
+        fill_mode="CONSTANT",
+    )
 
 
 class ShiftFlip:
@@ -124,19 +136,8 @@ class ShiftFlip:
 
     @staticmethod
     def apply(images: np.ndarray, params: np.ndarray) -> np.ndarray:
-        """The views of `images` `(n, h, w, c)` under `params` `(n, 3)`."""
-        images = np.asarray(images)
-        params = np.asarray(params, np.float64)
-        out = np.zeros(images.shape, np.result_type(images.dtype, np.float32))
-        for index, (dy, dx, flip) in enumerate(params):
-            source = images[index, :, ::-1] if flip else images[index]
-            low_y, low_x = int(np.floor(dy)), int(np.floor(dx))
-            for a, weight_y in ((0, 1 - (dy - low_y)), (1, dy - low_y)):
-                for b, weight_x in ((0, 1 - (dx - low_x)), (1, dx - low_x)):
-                    if weight_y * weight_x > 0:
-                        moved = _shifted(source, low_y + a, low_x + b)
-                        out[index] += weight_y * weight_x * moved
-        return out
+        """The float32 views of `images` `(n, h, w, c)` under `params` `(n, 3)`."""
+        return shift_flip_tensors(np.asarray(images), np.asarray(params)).numpy()
 
     def get_config(self) -> dict:
         return {
@@ -237,27 +238,35 @@ class ViewCache:
             for start in range(0, self.num_examples, batch_size):
                 index = np.sort(order[start : start + batch_size])
                 view = views[index]
-                packed = {
-                    INPUTS_KEY: self.views_of(x, index, view),
-                    TEACHER_LOGITS_KEY: np.asarray(
-                        self.logits[index, view], np.float32
-                    ),
-                }
-                yield (packed,) + tuple(e[index] for e in extras if e is not None)
+                if self.pixels is not None:
+                    inputs = np.asarray(self.pixels[index, view], np.float32)
+                    params = np.zeros((len(index), 3), np.float32)
+                else:  # rebuilt in the pipeline, by TensorFlow's kernel
+                    inputs = np.asarray(x[index], np.float32)
+                    params = np.asarray(self.params[index, view], np.float32)
+                logits = np.asarray(self.logits[index, view], np.float32)
+                yield (inputs, params, logits) + tuple(
+                    e[index] for e in extras if e is not None
+                )
 
         signature = (
-            {
-                INPUTS_KEY: tf.TensorSpec((None,) + x.shape[1:], tf.float32),
-                TEACHER_LOGITS_KEY: tf.TensorSpec(
-                    (None, self.logits.shape[-1]), tf.float32
-                ),
-            },
+            tf.TensorSpec((None,) + x.shape[1:], tf.float32),
+            tf.TensorSpec((None, 3), tf.float32),
+            tf.TensorSpec((None, self.logits.shape[-1]), tf.float32),
         ) + tuple(
             tf.TensorSpec((None,) + e.shape[1:], tf.as_dtype(e.dtype))
             for e in extras
             if e is not None
         )
+        rebuild = self.pixels is None
+
+        def pack(inputs, params, logits, *rest):
+            if rebuild:
+                inputs = shift_flip_tensors(inputs, params)
+            return ({INPUTS_KEY: inputs, TEACHER_LOGITS_KEY: logits},) + rest
+
         dataset = tf.data.Dataset.from_generator(batches, output_signature=signature)
+        dataset = dataset.map(pack, num_parallel_calls=tf.data.AUTOTUNE)
         steps = -(-self.num_examples // batch_size)
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps))
         return dataset.prefetch(tf.data.AUTOTUNE)
