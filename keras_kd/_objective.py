@@ -11,6 +11,7 @@ from keras import ops
 
 from keras_kd import _distribute
 from keras_kd._training import (
+    DEFAULT_TEMPERATURE,
     at_positions,
     call_unreduced,
     example_weights,
@@ -18,8 +19,6 @@ from keras_kd._training import (
     position_weights,
 )
 from keras_kd.losses import DistillationLoss, KDLoss
-
-_DEFAULT_TEMPERATURE = 3.0
 
 
 def _needs_labels(loss_fn):
@@ -143,7 +142,7 @@ def resolve_distillation_loss(loss_fn, temperature):
             )
         temperature = own
     if temperature is None:
-        temperature = _DEFAULT_TEMPERATURE
+        temperature = DEFAULT_TEMPERATURE
     if loss_fn is None:
         return KDLoss(temperature=temperature), temperature
     if isinstance(loss_fn, str):

@@ -30,6 +30,9 @@ from keras_kd._validation import check_fraction, check_temperature
 # Examples that go through both models before `fit`, to check them eagerly.
 _PROBE_SIZE = 16
 
+# The temperature of `Distiller.compile` when neither it nor its loss sets one.
+DEFAULT_TEMPERATURE = 3.0
+
 
 def split_unlabeled(y):
     """Returns `(labels, mask)`: sparse integer labels below 0 mark no label.
@@ -308,7 +311,7 @@ class Trainer(keras.Model):
         super().__init__(**kwargs)
         self._evaluating = False
         self.alpha = 0.1
-        self.temperature = 3.0
+        self.temperature = DEFAULT_TEMPERATURE
         self.student_loss_fn = resolve_student_loss(None)
 
     def _compile_common(self, student_loss_fn, alpha, temperature, kwargs):

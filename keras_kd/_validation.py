@@ -45,6 +45,15 @@ def check_nonnegative(value, name: str = "weight") -> float:
     return number
 
 
+def check_positive_int(value, name: str) -> int:
+    """An int >= 1 (a count or a batch size); bools are rejected."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"`{name}` must be a positive int, got {value!r}.")
+    return int(value)
+
+
 def check_fraction(value, name: str, meaning: str) -> float:
     """A number in [0, 1] as a float; `meaning` says what it weighs."""
     accepted = "a number in [0, 1]"

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd._validation import check_positive_int
+
 # Teacher logits computed ahead of training travel inside `x`, next to the
 # inputs, so that they stay matched to their examples under any shuffling.
 INPUTS_KEY = "keras_kd_inputs"
@@ -32,13 +34,6 @@ def check_cache_dtype(dtype):
             f"`dtype` must be one of {_DTYPES} (float16 halves the cache's "
             f"memory; logits keep about 3 significant digits), got {dtype!r}."
         )
-
-
-def _check_batch_size(batch_size):
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int):
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
-    if batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
 
 
 def teacher_logits_function(teacher, teacher_outputs="logits", jit_compile=False):
@@ -132,7 +127,7 @@ def cache_teacher_outputs(
     if not isinstance(teacher, keras.Model):
         raise ValueError(f"`teacher` must be a `keras.Model`, got {teacher!r}.")
     check_cache_dtype(dtype)
-    _check_batch_size(batch_size)
+    check_positive_int(batch_size, "batch_size")
     if teacher_outputs not in ("logits", "probabilities"):
         raise ValueError(
             "`teacher_outputs` must be 'logits' or 'probabilities', got "

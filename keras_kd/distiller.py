@@ -151,10 +151,6 @@ class Distiller(_training.Trainer):
         _models.check_pair(student, teacher, teacher_outputs == "logits")
         self.mixup = None
         if mixup_alpha is not None:
-            # Without a seed, one is drawn from NumPy's global generator:
-            # runs under different `keras.utils.set_random_seed` mix
-            # differently. Saved in the config, so that a reloaded distiller
-            # mixes as the original.
             self.mixup = kd_augmentation.Mixup(mixup_alpha, mixup_seed)
         self.student = student
         self.teacher = teacher
@@ -316,7 +312,7 @@ class Distiller(_training.Trainer):
 
     @property
     def _augments(self):
-        return self.augmentation is not None or self.mixup_alpha is not None
+        return self.augmentation is not None or self.mixup is not None
 
     def augment(self, x):
         """The training-time view of a batch: augmented, then mixed.

@@ -38,6 +38,7 @@ targets of two views are not the teacher's targets on their mix
 """
 
 import hashlib
+import itertools
 import json
 import math
 import os
@@ -46,6 +47,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd._validation import check_positive_int
 from keras_kd.caching import (
     INPUTS_KEY,
     TEACHER_LOGITS_KEY,
@@ -188,12 +190,19 @@ class ViewCache:
         """The size per training example, all its views included."""
         return self.nbytes / self.num_examples
 
+    def _stored(self, x, indices, views):
+        """`(images, params)`: stored pixels and None, or `x` and its params."""
+        if self.pixels is not None:
+            return np.asarray(self.pixels[indices, views], np.float32), None
+        return (
+            np.asarray(x[indices], np.float32),
+            np.asarray(self.params[indices, views], np.float32),
+        )
+
     def views_of(self, x, indices, views):
         """The recorded views `views` of the examples `indices` of `x`."""
-        if self.pixels is not None:
-            return np.asarray(self.pixels[indices, views], dtype=np.float32)
-        images = np.asarray(x[indices])
-        return ShiftFlip.apply(images, self.params[indices, views])
+        images, params = self._stored(x, indices, views)
+        return images if params is None else ShiftFlip.apply(images, params)
 
     def check_source(self, x) -> None:
         """`ValueError` unless `x` is the data the cache was built on."""
@@ -227,9 +236,10 @@ class ViewCache:
                     f"{self.num_examples} examples."
                 )
             extras.append(None if values is None else np.asarray(values))
+        check_positive_int(batch_size, "batch_size")
         if seed is None:
             seed = int(np.random.randint(2**31 - 1))
-        passes = iter(range(2**62))
+        passes = itertools.count()
 
         def batches():
             rng = np.random.default_rng((seed, next(passes)))
@@ -238,12 +248,9 @@ class ViewCache:
             for start in range(0, self.num_examples, batch_size):
                 index = np.sort(order[start : start + batch_size])
                 view = views[index]
-                if self.pixels is not None:
-                    inputs = np.asarray(self.pixels[index, view], np.float32)
+                inputs, params = self._stored(x, index, view)
+                if params is None:  # pixels: `pack` leaves them as they are
                     params = np.zeros((len(index), 3), np.float32)
-                else:  # rebuilt in the pipeline, by TensorFlow's kernel
-                    inputs = np.asarray(x[index], np.float32)
-                    params = np.asarray(self.params[index, view], np.float32)
                 logits = np.asarray(self.logits[index, view], np.float32)
                 yield (inputs, params, logits) + tuple(
                     e[index] for e in extras if e is not None
@@ -258,7 +265,7 @@ class ViewCache:
             for e in extras
             if e is not None
         )
-        rebuild = self.pixels is None
+        rebuild = self.pixels is None  # by TensorFlow's kernel, in the pipeline
 
         def pack(inputs, params, logits, *rest):
             if rebuild:
@@ -320,11 +327,6 @@ class ViewCache:
         )
 
 
-def _check_num_views(num_views):
-    if isinstance(num_views, bool) or not isinstance(num_views, int) or num_views < 1:
-        raise ValueError(f"`num_views` must be an int >= 1, got {num_views!r}.")
-
-
 def _augment_batch(augmentation, images, rng):
     """`(views, params)` of a batch: params for `ShiftFlip`, else pixels."""
     if isinstance(augmentation, ShiftFlip):
@@ -373,7 +375,8 @@ def cache_teacher_views(
     Returns:
         A `ViewCache`.
     """
-    _check_num_views(num_views)
+    check_positive_int(num_views, "num_views")
+    check_positive_int(batch_size, "batch_size")
     check_cache_dtype(dtype)
     x = np.asarray(x)
     if len(x) == 0:
