@@ -4,15 +4,40 @@ Losses are reduced over the global batch: each replica divides its weighted
 sum by the global normalizer (`global_sum` of the replicas' normalizers), and
 the optimizer sums the replicas' gradients, so that N replicas give the
 result of one device.
+
+On JAX and PyTorch there are no replicas here: under `keras.distribution`
+(JAX) the step is one program over the global batch, which XLA shards, so
+every function below is the identity (one replica, no strategy).
 """
+
+import contextlib
 
 import keras
 import tensorflow as tf
 from keras import ops
 
 
+def on_tensorflow() -> bool:
+    """Whether Keras runs on TensorFlow, the one backend with `tf.distribute`."""
+    return keras.backend.backend() == "tensorflow"
+
+
+def scope(model: keras.Model):
+    """The scope of the strategy `model` trains under (none off TensorFlow)."""
+    if not on_tensorflow():
+        return contextlib.nullcontext()
+    return model.distribute_strategy.scope()
+
+
+def on_tpu() -> bool:
+    """Whether the current strategy is a `TPUStrategy`."""
+    return on_tensorflow() and is_tpu(tf.distribute.get_strategy())
+
+
 def num_replicas() -> int:
     """Replicas in sync under the current strategy (1 outside any)."""
+    if not on_tensorflow():
+        return 1
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
@@ -40,7 +65,7 @@ def replica_logs(logs: dict) -> dict:
     (tensorflow/tensorflow#72388). A vector of one element per replica
     reduces to the same mean over replicas as on a single machine.
     """
-    if not in_multi_worker_mode(tf.distribute.get_strategy()):
+    if not on_tensorflow() or not in_multi_worker_mode(tf.distribute.get_strategy()):
         return logs
     return {key: ops.reshape(value, (1,)) for key, value in logs.items()}
 
@@ -61,7 +86,7 @@ def first_local_batch(model: keras.Model, iterator):
     `MultiWorkerMirroredStrategy` rejects; building a model only needs the
     shapes, which the first local replica's batch has.
     """
-    if iterator is None or model._distribute_strategy is None:
+    if not on_tensorflow() or iterator is None or model._distribute_strategy is None:
         return None
     for _, _, it in iterator:
         with model.distribute_strategy.scope():

@@ -50,7 +50,7 @@ def num_classes(model):
 
 
 def looks_like_probabilities(values) -> bool:
-    values = np.asarray(values, dtype=np.float64)
+    values = np.asarray(keras.ops.convert_to_numpy(values), dtype=np.float64)
     if values.ndim < 1 or values.size == 0 or values.shape[-1] < 2:
         return False
     sums = values.sum(axis=-1)

@@ -24,7 +24,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
-from keras_kd import _distribute
+from keras_kd import _distribute, _steps
 from keras_kd._validation import check_fraction, check_temperature
 
 # Examples that go through both models before `fit`, to check them eagerly.
@@ -267,7 +267,7 @@ def check_labels(y, logits) -> None:
                 f"{tuple(logits.shape)}: sparse labels need one class index per "
                 f"position, shape {positions}."
             )
-        values = np.asarray(y)
+        values = np.asarray(ops.convert_to_numpy(y))
         if values.size and values.max() >= classes:
             raise ValueError(
                 f"Label {int(values.max())} is out of range: the models output "
@@ -361,6 +361,8 @@ class Trainer(keras.Model):
         belong to the strategy `fit` runs under; otherwise TensorFlow fails
         inside the first step with an unrelated message.
         """
+        if not _distribute.on_tensorflow():
+            return
         strategy = self.distribute_strategy
         bound = self._strategy_bound_variables(strategy)
         if self.compiled and self.optimizer is not None:
@@ -373,29 +375,60 @@ class Trainer(keras.Model):
     def _update_metrics(self, y, y_pred, sample_weight, label_mask=None):
         """Updates the compiled metrics on the labeled positions only.
 
-        Under XLA, which cannot drop rows, the mask becomes a sample weight:
-        `weighted_metrics` stay exact, plain `metrics` count unlabeled rows.
+        Unlabeled positions weigh 0 in every metric: plain `metrics` are
+        weighted by the label mask, `weighted_metrics` by the mask times the
+        sample weight. That is the same as dropping those positions, on every
+        backend and under XLA.
         """
-        if self._compile_metrics is None:
+        metrics = self._compile_metrics
+        if metrics is None:
             return
         if label_mask is None:
-            self._compile_metrics.update_state(y, y_pred, sample_weight)
+            metrics.update_state(y, y_pred, sample_weight)
             return
-        if sample_weight is not None:
-            sample_weight = at_positions(sample_weight, y_pred, "sample_weight")
         mask = at_positions(label_mask, y_pred, "label mask")
-        if self.jit_compile:
-            weight = mask if sample_weight is None else mask * sample_weight
-            self._compile_metrics.update_state(y, y_pred, weight)
-            return
-        keep = ops.cast(mask, "bool")
-        y = tf.boolean_mask(ops.reshape(y, ops.shape(mask)), keep)
-        y_pred = tf.boolean_mask(y_pred, keep)
+        weight = mask
         if sample_weight is not None:
-            sample_weight = tf.boolean_mask(sample_weight, keep)
-        self._compile_metrics.update_state(y, y_pred, sample_weight)
+            weight = mask * at_positions(sample_weight, y_pred, "sample_weight")
+        if not metrics.built:
+            metrics.build(y, y_pred)
+        for group, weights in (
+            (metrics._flat_metrics, mask),
+            (metrics._flat_weighted_metrics, weight),
+        ):
+            for metric in group:
+                if metric:
+                    metric.update_state(y, y_pred, weights)
 
-    def test_step(self, data):
+    def train_step(self, *args):
+        """One step of `fit`: `(data)`, or `(state, data)` on JAX.
+
+        The subclass computes it in three backend-agnostic parts, `_prepare`,
+        `_loss` and `_record`; `keras_kd._steps` takes the gradient on each
+        backend.
+        """
+        return _steps.train_step(self, *args)
+
+    def test_step(self, *args):
+        """One step of `evaluate`: `(data)`, or `(state, data)` on JAX."""
+        return _steps.evaluation_step(self, *args)
+
+    @property
+    def _trained_variables(self) -> list:
+        """The variables that the gradients of `_loss` go to."""
+        return [v for model in self._trained_models for v in model.trainable_variables]
+
+    def _prepare(self, data):
+        raise NotImplementedError
+
+    def _loss(self, prepared):
+        raise NotImplementedError
+
+    def _record(self, prepared, outcome):
+        raise NotImplementedError
+
+    def _evaluate(self, data):
+        """Scores `_label_model` on a batch: its label loss and the metrics."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         x = self._evaluation_inputs(x)
         if y is None:

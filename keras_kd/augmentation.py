@@ -19,10 +19,12 @@ themselves compile with XLA (`RandomFlip`, `RandomCrop`, `GaussianNoise` do;
 2.21); `jit_compile="auto"` checks this. Under a `tf.distribute` strategy,
 create the augmentation in the strategy's scope with the models.
 
-The draws are stateless (`tf.random.stateless_*`, seeded by the optimizer's
-step counter), which keeps them XLA-compatible (`keras.random.beta` is not:
-TensorFlow has no XLA kernel for its gamma sampler) and makes a resumed run
-draw the same lambdas as an uninterrupted one.
+The draws are stateless (seeded by the optimizer's step counter and the
+mixup seed) and come from `keras_kd._random`, a counter-based generator of
+32-bit integer operations: they are XLA-compatible (`keras.random.beta` is
+not: TensorFlow has no XLA kernel for its gamma sampler), the same on
+TensorFlow, JAX and PyTorch (`keras.random` draws differ between backends),
+and a resumed run draws the same lambdas as an uninterrupted one.
 
 Reference:
     Zhang, Cisse, Dauphin, Lopez-Paz, "mixup: Beyond Empirical Risk
@@ -34,9 +36,9 @@ from typing import NamedTuple
 
 import keras
 import numpy as np
-import tensorflow as tf
 from keras import ops
 
+from keras_kd import _random
 from keras_kd._validation import as_float
 
 # Marsaglia-Tsang accepts a proposal with probability > 0.95 for shapes >= 1:
@@ -58,7 +60,7 @@ def check_mixup_alpha(mixup_alpha):
     return value
 
 
-def _log_gamma_sample(concentration, seed):
+def _log_gamma_sample(concentration, seed, stream: int):
     """`log(g)`, `g ~ Gamma(concentration, 1)`, a float32 scalar, XLA-safe.
 
     Marsaglia and Tsang's method on shape `concentration + 1` with a fixed
@@ -68,27 +70,30 @@ def _log_gamma_sample(concentration, seed):
     shape = concentration + 1.0
     d = shape - 1.0 / 3.0
     c = 1.0 / math.sqrt(9.0 * d)
-    seeds = tf.random.experimental.stateless_split(seed, 3)
-    z = tf.random.stateless_normal((_GAMMA_PROPOSALS,), seeds[0])
-    u = tf.random.stateless_uniform((_GAMMA_PROPOSALS,), seeds[1], minval=1e-12)
+    z = _random.normal(seed, _GAMMA_PROPOSALS, stream=3 * stream)
+    u = _random.uniform(seed, _GAMMA_PROPOSALS, stream=3 * stream + 1)
     v = (1.0 + c * z) ** 3
-    safe_v = tf.maximum(v, 1e-12)
-    accepted = tf.logical_and(
-        v > 0, tf.math.log(u) < 0.5 * z**2 + d - d * safe_v + d * tf.math.log(safe_v)
+    safe_v = ops.maximum(v, 1e-12)
+    accepted = ops.logical_and(
+        v > 0, ops.log(u) < 0.5 * z**2 + d - d * safe_v + d * ops.log(safe_v)
     )
-    first = tf.argmax(tf.cast(accepted, "int32"))
-    log_g1 = tf.math.log(d) + tf.math.log(tf.gather(safe_v, first))
-    boost = tf.random.stateless_uniform((), seeds[2], minval=1e-12)
-    return log_g1 + tf.math.log(boost) / concentration
+    first = ops.argmax(ops.cast(accepted, "int32"))
+    log_g1 = math.log(d) + ops.log(ops.take(safe_v, first))
+    boost = _random.uniform(seed, 1, stream=3 * stream + 2)[0]
+    return log_g1 + ops.log(boost) / concentration
 
 
 def sample_mixup(batch_size, mixup_alpha, seed):
     """Draws a mixup weight and a partner for every example of a batch.
 
+    The draws come from `keras_kd._random`, a counter-based generator that
+    gives the same numbers on TensorFlow, JAX and PyTorch.
+
     Args:
         batch_size: Number of examples (an int or a scalar tensor).
         mixup_alpha: Concentration `a` of `Beta(a, a)`, > 0.
-        seed: Stateless seed, an int32/int64 tensor of shape `(2,)`.
+        seed: Two integer words, for example `(step, seed)` (ints, or a
+            tensor of shape `(2,)`).
 
     Returns:
         `(lam, partners)`: `lam ~ Beta(a, a)`, a float32 scalar shared by the
@@ -102,14 +107,11 @@ def sample_mixup(batch_size, mixup_alpha, seed):
     ```
     """
     check_mixup_alpha(mixup_alpha)
-    seeds = tf.random.experimental.stateless_split(
-        tf.cast(tf.convert_to_tensor(seed), "int64"), 3
-    )
-    log_a = _log_gamma_sample(float(mixup_alpha), seeds[0])
-    log_b = _log_gamma_sample(float(mixup_alpha), seeds[1])
-    lam = tf.sigmoid(log_a - log_b)  # a / (a + b), without under/overflow.
-    keys = tf.random.stateless_uniform((batch_size,), seeds[2])
-    partners = tf.cast(tf.argsort(keys), "int32")
+    key = _random.key(seed[0], seed[1])
+    log_a = _log_gamma_sample(float(mixup_alpha), key, stream=0)
+    log_b = _log_gamma_sample(float(mixup_alpha), key, stream=1)
+    lam = ops.sigmoid(log_a - log_b)  # a / (a + b), without under/overflow.
+    partners = _random.permutation(key, batch_size, stream=6)
     return lam, partners
 
 
@@ -220,8 +222,7 @@ class Mixup:
 
     def draw(self, step, batch_size) -> MixupDraw:
         """The `MixupDraw` of training step `step` for a batch of `batch_size`."""
-        seed = tf.stack([tf.cast(step, "int64"), tf.constant(self.seed, "int64")])
-        return MixupDraw(*sample_mixup(batch_size, self.alpha, seed))
+        return MixupDraw(*sample_mixup(batch_size, self.alpha, (step, self.seed)))
 
     def __call__(self, x, step):
         """`(mixed x, draw)` for the batch `x` at training step `step`."""

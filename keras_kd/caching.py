@@ -16,6 +16,7 @@ import os
 import keras
 import numpy as np
 import tensorflow as tf
+from keras import ops
 
 from keras_kd._validation import check_positive_int
 
@@ -37,16 +38,34 @@ def check_cache_dtype(dtype):
 
 
 def teacher_logits_function(teacher, teacher_outputs="logits", jit_compile=False):
-    """A `tf.function` of a batch: the teacher's float32 logits, inference mode."""
+    """A function of a batch: the teacher's float32 logits, inference mode.
+
+    Compiled per backend: on TensorFlow a `tf.function` (with XLA if
+    `jit_compile`) that returns a tensor and also runs inside `tf.data`;
+    elsewhere the teacher's own `predict_on_batch` (jitted on JAX, without
+    gradients on PyTorch), which returns a NumPy array.
+    """
+
+    def logits(outputs):
+        outputs = ops.cast(outputs, "float32")
+        if teacher_outputs == "probabilities":
+            outputs = ops.log(ops.maximum(outputs, 1e-12))
+        return outputs
+
+    if keras.backend.backend() != "tensorflow":
+        return lambda x: ops.convert_to_numpy(
+            logits(teacher.predict_on_batch(_as_numpy(x)))
+        )
 
     @tf.function(jit_compile=jit_compile, reduce_retracing=True)
     def logits_of(x):
-        outputs = tf.cast(teacher(x, training=False), "float32")
-        if teacher_outputs == "probabilities":
-            outputs = tf.math.log(tf.maximum(outputs, 1e-12))
-        return outputs
+        return logits(teacher(x, training=False))
 
     return logits_of
+
+
+def _as_numpy(structure):
+    return keras.tree.map_structure(np.asarray, structure)
 
 
 def _num_examples(x):
@@ -155,7 +174,7 @@ def _cache_arrays(x, logits_of, batch_size, dtype, directory, verbose):
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
         batch = keras.tree.map_structure(lambda a, rows=rows: a[rows], x)
-        logits = logits_of(batch).numpy().astype(dtype)
+        logits = np.asarray(logits_of(batch), dtype)
         if out is None:
             shape = (count, logits.shape[-1])
             if directory is None:
@@ -182,16 +201,8 @@ def _cache_dataset(dataset, logits_of, dtype, directory, verbose):
             "finite pass. Cache the dataset before repeating it."
         )
 
-    def attach(*batch):
-        inputs, y, sample_weight = keras.utils.unpack_x_y_sample_weight(
-            batch[0] if len(batch) == 1 else batch
-        )
-        logits = tf.cast(logits_of(inputs), dtype)
-        packed = {INPUTS_KEY: inputs, TEACHER_LOGITS_KEY: logits}
-        return keras.utils.pack_x_y_sample_weight(packed, y, sample_weight)
-
     filename = "" if directory is None else os.path.join(directory, "teacher_cache")
-    cached = dataset.map(attach).unbatch().cache(filename)
+    cached = _with_logits(dataset, logits_of, dtype).cache(filename)
     progress = keras.utils.Progbar(None, verbose=verbose, unit_name="example")
     count = 0
     for _ in cached:  # one pass fills the cache; later epochs only read it
@@ -201,6 +212,39 @@ def _cache_dataset(dataset, logits_of, dtype, directory, verbose):
     if count == 0:
         raise ValueError("The dataset is empty: there is nothing to cache.")
     return cached.apply(tf.data.experimental.assert_cardinality(count))
+
+
+def _with_logits(dataset, logits_of, dtype):
+    """The examples of `dataset`, each with the teacher's logits in its inputs.
+
+    On TensorFlow the teacher runs inside the `tf.data` graph. Other backends
+    cannot run in it: one eager pass collects the batches and their logits,
+    held in memory (the inputs too) as a new dataset.
+    """
+
+    def pack(batch, logits):
+        inputs, y, sample_weight = keras.utils.unpack_x_y_sample_weight(batch)
+        packed = {INPUTS_KEY: inputs, TEACHER_LOGITS_KEY: logits}
+        return keras.utils.pack_x_y_sample_weight(packed, y, sample_weight)
+
+    def inputs_of(batch):
+        return keras.utils.unpack_x_y_sample_weight(batch)[0]
+
+    if keras.backend.backend() == "tensorflow":
+
+        def attach(*batch):
+            batch = batch[0] if len(batch) == 1 else batch
+            return pack(batch, tf.cast(logits_of(inputs_of(batch)), dtype))
+
+        return dataset.map(attach).unbatch()
+    batches = [
+        pack(batch, np.asarray(logits_of(inputs_of(batch)), dtype))
+        for batch in dataset.as_numpy_iterator()
+    ]
+    if not batches:
+        return dataset.unbatch()
+    examples = keras.tree.map_structure(lambda *parts: np.concatenate(parts), *batches)
+    return tf.data.Dataset.from_tensor_slices(examples)
 
 
 def split_cached_inputs(x):

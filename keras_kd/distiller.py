@@ -1,9 +1,9 @@
 """`Distiller`: a `keras.Model` that trains a student to match a frozen teacher."""
 
 from collections.abc import Callable
+from typing import NamedTuple
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_kd import _distribute, _models, _objective, _training
@@ -18,6 +18,18 @@ from keras_kd.caching import (
 
 _TEACHER_OUTPUTS = ("logits", "probabilities")
 _MIN_PROBABILITY = 1e-12
+
+
+class _Batch(NamedTuple):
+    """A training batch after `Distiller._prepare`: what the losses read."""
+
+    x: object
+    y: object
+    sample_weight: object
+    label_mask: object
+    mixup: object  # a `MixupDraw`, or None
+    teacher_logits: object
+    teacher_features: object
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -280,7 +292,7 @@ class Distiller(_training.Trainer):
 
     def _build_adapters(self, widths):
         """Creates the adapters `{index: (student_shape, width)}` that are missing."""
-        with self.distribute_strategy.scope():
+        with _distribute.scope(self):
             kd_features.build_adapters(self.feature_adapters, widths)
 
     def call(self, inputs, training=None):
@@ -326,34 +338,52 @@ class Distiller(_training.Trainer):
             return x, None
         return self.mixup(x, self.optimizer.iterations)
 
-    def train_step(self, data):
+    def _prepare(self, data):
+        """The batch as both models see it, with the teacher's targets."""
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         y, label_mask = _training.split_unlabeled(y)
         x, teacher_logits = split_cached_inputs(x)
         self._check_cacheable(teacher_logits is not None, "Cached teacher logits")
         x, mixup = self.augment(x)
         teacher_logits, teacher_features = self._teacher_pass(x, teacher_logits)
-        with tf.GradientTape() as tape:
-            y_pred, student_features = self._student_pass(x)
-            terms = _objective.logit_terms(
-                self, y, y_pred, teacher_logits, sample_weight, label_mask, mixup
-            )
-            features = self._feature_terms(
-                teacher_features, student_features, terms.example_weight
-            )
-            replica_loss, logged_loss = self._total_loss(terms, features)
-            scaled_loss = self.optimizer.scale_loss(replica_loss)
-        variables = self.student.trainable_variables + kd_features.trainable_variables(
-            self.feature_adapters
+        return _Batch(
+            x, y, sample_weight, label_mask, mixup, teacher_logits, teacher_features
         )
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
+
+    def _loss(self, batch):
+        """`(replica_loss, outcome)`: the student's pass and every term."""
+        y_pred, student_features = self._student_pass(batch.x)
+        terms = _objective.logit_terms(
+            self,
+            batch.y,
+            y_pred,
+            batch.teacher_logits,
+            batch.sample_weight,
+            batch.label_mask,
+            batch.mixup,
+        )
+        features = self._feature_terms(
+            batch.teacher_features, student_features, terms.example_weight
+        )
+        replica_loss, logged_loss = self._total_loss(terms, features)
+        return replica_loss, (y_pred, terms, features, logged_loss)
+
+    def _record(self, batch, outcome):
+        y_pred, terms, features, logged_loss = outcome
         self._update_trackers(logged_loss, terms, features)
-        if y is not None:
+        if batch.y is not None:
             self._update_metrics(
-                *self._metric_view(y, y_pred, sample_weight, label_mask, mixup)
+                *self._metric_view(
+                    batch.y, y_pred, batch.sample_weight, batch.label_mask, batch.mixup
+                )
             )
         return _distribute.replica_logs(self.get_metrics_result())
+
+    @property
+    def _trained_variables(self):
+        return self.student.trainable_variables + kd_features.trainable_variables(
+            self.feature_adapters
+        )
 
     def _teacher_pass(self, x, cached_logits):
         """`(teacher_logits, teacher_features)`: float32 constants."""
@@ -468,7 +498,7 @@ class Distiller(_training.Trainer):
         which cannot be read ahead.
         """
         probe = _training.probe_batch(x, y)
-        if probe is None or _distribute.is_tpu(tf.distribute.get_strategy()):
+        if probe is None or _distribute.on_tpu():
             return
         inputs, labels = probe
         inputs, teacher_logits = split_cached_inputs(inputs)

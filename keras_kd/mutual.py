@@ -3,7 +3,6 @@
 from collections.abc import Callable
 
 import keras
-import tensorflow as tf
 from keras import ops
 
 from keras_kd import _distribute, _training
@@ -179,7 +178,7 @@ class MutualLearning(_training.Trainer):
         labeled = _training.normalizer(weights, per_position, mask)
         return terms, labeled, _training.normalizer(weights, per_position)
 
-    def train_step(self, data):
+    def _prepare(self, data):
         x, y, sample_weight = keras.utils.unpack_x_y_sample_weight(data)
         if y is None:
             raise ValueError(
@@ -188,34 +187,32 @@ class MutualLearning(_training.Trainer):
                 "mark unlabeled examples."
             )
         y, label_mask = _training.split_unlabeled(y)
-        with tf.GradientTape() as tape:
-            all_logits = [
-                ops.cast(s(x, training=True), "float32") for s in self.students
-            ]
-            terms, labeled, count = self._mutual_terms(
-                all_logits, y, sample_weight, label_mask
-            )
-            weighted_sum = sum(
-                self.alpha * label_sum + (1.0 - self.alpha) * kl_sum
-                for label_sum, kl_sum in terms
-            )
-            regularization = self._regularization_loss()
-            # Each replica's share of the global-batch mean; the optimizer
-            # sums the replicas' gradients.
-            replica_loss = (
-                ops.divide_no_nan(weighted_sum, _distribute.global_sum(count))
-                + regularization / _distribute.num_replicas()
-            )
-            scaled_loss = self.optimizer.scale_loss(replica_loss)
+        return x, y, sample_weight, label_mask
 
-        variables = [v for s in self.students for v in s.trainable_variables]
-        gradients = tape.gradient(scaled_loss, variables)
-        self.optimizer.apply(gradients, variables)
-
-        self._loss_tracker.update_state(
-            ops.divide_no_nan(weighted_sum, count) + regularization,
-            sample_weight=count,
+    def _loss(self, prepared):
+        x, y, sample_weight, label_mask = prepared
+        all_logits = [ops.cast(s(x, training=True), "float32") for s in self.students]
+        terms, labeled, count = self._mutual_terms(
+            all_logits, y, sample_weight, label_mask
         )
+        weighted_sum = sum(
+            self.alpha * label_sum + (1.0 - self.alpha) * kl_sum
+            for label_sum, kl_sum in terms
+        )
+        regularization = self._regularization_loss()
+        # Each replica's share of the global-batch mean; the optimizer sums
+        # the replicas' gradients.
+        replica_loss = (
+            ops.divide_no_nan(weighted_sum, _distribute.global_sum(count))
+            + regularization / _distribute.num_replicas()
+        )
+        logged_loss = ops.divide_no_nan(weighted_sum, count) + regularization
+        return replica_loss, (all_logits[0], terms, labeled, count, logged_loss)
+
+    def _record(self, prepared, outcome):
+        _, y, sample_weight, label_mask = prepared
+        first_logits, terms, labeled, count, logged_loss = outcome
+        self._loss_tracker.update_state(logged_loss, sample_weight=count)
         for (label_tracker, kl_tracker), (label_sum, kl_sum) in zip(
             self._student_trackers, terms
         ):
@@ -225,7 +222,7 @@ class MutualLearning(_training.Trainer):
             kl_tracker.update_state(
                 ops.divide_no_nan(kl_sum, count), sample_weight=count
             )
-        self._update_metrics(y, all_logits[0], sample_weight, label_mask)
+        self._update_metrics(y, first_logits, sample_weight, label_mask)
         return _distribute.replica_logs(self.get_metrics_result())
 
     def fit(self, *args, **kwargs):

@@ -395,7 +395,7 @@ def cache_teacher_views(
         for start in range(0, len(x), batch_size):
             rows = slice(start, start + batch_size)
             views, drawn = _augment_batch(augmentation, x[rows], rng)
-            batch_logits = logits_of(views).numpy().astype(dtype)
+            batch_logits = np.asarray(logits_of(views), dtype)
             if logits is None:
                 logits = np.empty((len(x), num_views, batch_logits.shape[-1]), dtype)
                 if drawn is None:

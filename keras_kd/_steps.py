@@ -1,0 +1,156 @@
+"""One training step per Keras backend, around the trainers' shared loss code.
+
+A trainer (`_training.Trainer`) computes its step in three backend-agnostic
+parts, written against `keras.ops` and the models' variables:
+
+- `_prepare(data)`: what needs no gradient (unpacking, augmentation, mixup,
+  the teacher's forward pass);
+- `_loss(prepared)`: `(loss, outcome)`, the loss this replica minimises and
+  what the logs need;
+- `_record(prepared, outcome)`: updates the loss trackers and metrics.
+
+Each backend then takes the gradient of `_loss` with respect to
+`trainer._trained_variables` in its own way, as in the Keras guides
+"Customizing what happens in fit()":
+
+- TensorFlow: a `tf.GradientTape` (under `tf.distribute`, per replica);
+- JAX: `jax.value_and_grad` of a pure function of the trainable values, the
+  rest of the state mapped in with a `keras.StatelessScope`, and
+  `optimizer.stateless_apply`;
+- PyTorch: `loss.backward()`, with the teacher's pass under `torch.no_grad()`.
+
+Evaluation (`_evaluate(data)`, stateful) goes through `evaluation_step`,
+which only JAX needs to wrap.
+"""
+
+import keras
+
+
+def backend() -> str:
+    return keras.backend.backend()
+
+
+def train_step(trainer, *args):
+    """`trainer.train_step`: `(data)`, or `(state, data)` on JAX."""
+    name = backend()
+    if name == "jax":
+        return _jax_train_step(trainer, *args)
+    if name == "torch":
+        return _torch_train_step(trainer, *args)
+    return _tensorflow_train_step(trainer, *args)
+
+
+def evaluation_step(trainer, *args):
+    """`trainer.test_step`: `(data)`, or `(state, data)` on JAX."""
+    if backend() != "jax":
+        return trainer._evaluate(*args)
+    state, data = args
+    trainable, non_trainable, metrics = state
+    variables = (
+        trainer.trainable_variables,
+        trainer.non_trainable_variables,
+        trainer.metrics_variables,
+    )
+    with _mapped(variables, state) as scope:
+        logs = trainer._evaluate(data)
+        metrics = _current(scope, trainer.metrics_variables)
+    return logs, (trainable, non_trainable, metrics)
+
+
+def _tensorflow_train_step(trainer, data):
+    import tensorflow as tf
+
+    prepared = trainer._prepare(data)
+    with tf.GradientTape() as tape:
+        loss, outcome = trainer._loss(prepared)
+        scaled_loss = trainer.optimizer.scale_loss(loss)
+    variables = trainer._trained_variables
+    trainer.optimizer.apply(tape.gradient(scaled_loss, variables), variables)
+    return trainer._record(prepared, outcome)
+
+
+def _torch_train_step(trainer, data):
+    import torch
+
+    with torch.no_grad():
+        prepared = trainer._prepare(data)
+    trainer.zero_grad()
+    loss, outcome = trainer._loss(prepared)
+    trainer.optimizer.scale_loss(loss).backward()
+    variables = trainer._trained_variables
+    gradients = [variable.value.grad for variable in variables]
+    with torch.no_grad():
+        trainer.optimizer.apply(gradients, variables)
+        return trainer._record(prepared, keras.tree.map_structure(_detach, outcome))
+
+
+def _detach(value):
+    return value.detach() if hasattr(value, "detach") else value
+
+
+def _jax_train_step(trainer, state, data):
+    import jax
+
+    trainable, non_trainable, optimizer_values, metrics = state
+    _check_trained(trainer)
+    others = (
+        trainer.non_trainable_variables,
+        trainer.optimizer.variables,
+        trainer.metrics_variables,
+    )
+
+    def scaled_loss(trainable_values):
+        variables = (trainer.trainable_variables,) + others
+        values = (trainable_values, non_trainable, optimizer_values, metrics)
+        with _mapped(variables, values) as scope:
+            prepared = trainer._prepare(data)
+            loss, outcome = trainer._loss(prepared)
+            scaled = trainer.optimizer.scale_loss(loss)
+            outcome = keras.tree.map_structure(jax.lax.stop_gradient, outcome)
+            logs = trainer._record(prepared, outcome)
+            updated = [_current(scope, group) for group in (others[0], others[2])]
+        return scaled, (logs, updated)
+
+    gradient_fn = jax.value_and_grad(scaled_loss, has_aux=True)
+    (_, (logs, (non_trainable, metrics))), gradients = gradient_fn(trainable)
+    trainable, optimizer_values = trainer.optimizer.stateless_apply(
+        optimizer_values, gradients, trainable
+    )
+    return logs, (trainable, non_trainable, optimizer_values, metrics)
+
+
+def _check_trained(trainer) -> None:
+    """`ValueError` unless the trainable variables are the trained ones.
+
+    JAX's step differentiates all of `trainer.trainable_variables` (the
+    optimizer was built on them); a trainable variable outside
+    `_trained_variables` (a teacher made trainable again) would be moved by
+    the optimizer's weight decay.
+    """
+    trained = {id(v) for v in trainer._trained_variables}
+    extra = [v.path for v in trainer.trainable_variables if id(v) not in trained]
+    if extra:
+        raise ValueError(
+            f"{type(trainer).__name__} trains only its students (and adapters), "
+            f"but these variables are trainable: {extra[:3]}. Keep the teacher "
+            "frozen (`teacher.trainable = False`)."
+        )
+
+
+def _mapped(variable_groups, value_groups):
+    """A `StatelessScope` in which each variable reads its given value."""
+    mapping = [
+        (variable, value)
+        for variables, values in zip(variable_groups, value_groups)
+        for variable, value in zip(variables, values)
+    ]
+    return keras.StatelessScope(state_mapping=mapping)
+
+
+def _current(scope, variables) -> list:
+    """The values `variables` hold in `scope` (assigned there, or as mapped)."""
+    values = []
+    for variable in variables:
+        value = scope.get_current_value(variable)
+        values.append(variable.value if value is None else value)
+    return values
