@@ -221,6 +221,25 @@ def serialize_model(model):
     return config
 
 
+def portable_config(config):
+    """`config` with backend-specific Keras modules renamed to public ones.
+
+    Optimizers made on PyTorch serialize under their backend's module
+    (`keras.src.backend.torch.optimizers.torch_sgd`), which TensorFlow and
+    JAX cannot load; `keras.optimizers` names the same class on every
+    backend, so a file saved on one backend loads on the others.
+    """
+    if isinstance(config, list):
+        return [portable_config(value) for value in config]
+    if not isinstance(config, dict):
+        return config
+    config = {key: portable_config(value) for key, value in config.items()}
+    module = str(config.get("module", ""))
+    if module.startswith("keras.src.backend.") and ".optimizers." in module:
+        config["module"] = "keras.optimizers"
+    return config
+
+
 def deserialize_models(config, roles, custom_objects=None):
     """A copy of `config` whose `roles` (models or lists of models) are built."""
     config = dict(config)
@@ -495,7 +514,7 @@ class Trainer(keras.Model):
             return {}
         serialize = keras.saving.serialize_keras_object
         config = {
-            "optimizer": serialize(self.optimizer),
+            "optimizer": portable_config(serialize(self.optimizer)),
             "metrics": serialize(self._compile_config.config.get("metrics")),
             "weighted_metrics": serialize(
                 self._compile_config.config.get("weighted_metrics")
