@@ -92,17 +92,21 @@ def _jax_train_step(trainer, state, data):
     import jax
 
     trainable, non_trainable, optimizer_values, metrics = state
-    _check_trained(trainer)
+    trained = _trained_positions(trainer)
     others = (
         trainer.non_trainable_variables,
         trainer.optimizer.variables,
         trainer.metrics_variables,
     )
 
-    def scaled_loss(trainable_values):
-        variables = (trainer.trainable_variables,) + others
-        values = (trainable_values, non_trainable, optimizer_values, metrics)
-        with _mapped(variables, values) as scope:
+    def scaled_loss(trained_values):
+        values = (
+            _replaced(trainable, trained, trained_values),
+            non_trainable,
+            optimizer_values,
+            metrics,
+        )
+        with _mapped((trainer.trainable_variables,) + others, values) as scope:
             prepared = trainer._prepare(data)
             loss, outcome = trainer._loss(prepared)
             scaled = trainer.optimizer.scale_loss(loss)
@@ -112,29 +116,41 @@ def _jax_train_step(trainer, state, data):
         return scaled, (logs, updated)
 
     gradient_fn = jax.value_and_grad(scaled_loss, has_aux=True)
-    (_, (logs, (non_trainable, metrics))), gradients = gradient_fn(trainable)
-    trainable, optimizer_values = trainer.optimizer.stateless_apply(
-        optimizer_values, gradients, trainable
+    trained_values = [trainable[i] for i in trained]
+    (_, (logs, (non_trainable, metrics))), gradients = gradient_fn(trained_values)
+    trained_values, optimizer_values = trainer.optimizer.stateless_apply(
+        optimizer_values, gradients, trained_values
     )
+    trainable = _replaced(trainable, trained, trained_values)
     return logs, (trainable, non_trainable, optimizer_values, metrics)
 
 
-def _check_trained(trainer) -> None:
-    """`ValueError` unless the trainable variables are the trained ones.
+def build_optimizer(trainer) -> None:
+    """Builds the optimizer on the trained variables only (JAX, PyTorch).
 
-    JAX's step differentiates all of `trainer.trainable_variables` (the
-    optimizer was built on them); a trainable variable outside
-    `_trained_variables` (a teacher made trainable again) would be moved by
-    the optimizer's weight decay.
+    Keras' JAX and PyTorch trainers would build it on all
+    `trainable_variables`, a teacher made trainable again included;
+    TensorFlow builds it on the variables of the first `optimizer.apply`.
     """
+    optimizer = getattr(trainer, "optimizer", None)
+    if backend() == "tensorflow" or optimizer is None or optimizer.built:
+        return
+    if all(model.built for model in trainer._trained_models):
+        positions = _trained_positions(trainer)
+        optimizer.build([trainer.trainable_variables[i] for i in positions])
+
+
+def _trained_positions(trainer) -> list:
+    """Indices in `trainable_variables` of the variables that are trained."""
     trained = {id(v) for v in trainer._trained_variables}
-    extra = [v.path for v in trainer.trainable_variables if id(v) not in trained]
-    if extra:
-        raise ValueError(
-            f"{type(trainer).__name__} trains only its students (and adapters), "
-            f"but these variables are trainable: {extra[:3]}. Keep the teacher "
-            "frozen (`teacher.trainable = False`)."
-        )
+    return [i for i, v in enumerate(trainer.trainable_variables) if id(v) in trained]
+
+
+def _replaced(values, positions, new_values) -> list:
+    values = list(values)
+    for i, value in zip(positions, new_values):
+        values[i] = value
+    return values
 
 
 def _mapped(variable_groups, value_groups):

@@ -500,6 +500,22 @@ class Trainer(keras.Model):
         finally:
             self._evaluating = False
 
+    def fit(self, *args, **kwargs):
+        """Trains; see `keras.Model.fit`."""
+        _steps.build_optimizer(self)
+        return super().fit(*args, **kwargs)
+
+    def compute_metrics(self, x, y, y_pred, sample_weight=None):
+        """Keras' `compute_metrics`, which builds them; with no labels, nothing.
+
+        Keras builds the compiled metrics through it before the first step
+        (on JAX and PyTorch); without labels they have nothing to score and
+        stay unbuilt, as they do on TensorFlow.
+        """
+        if y is None:
+            return self.get_metrics_result()
+        return super().compute_metrics(x, y, y_pred, sample_weight)
+
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         local = _distribute.first_local_batch(self, iterator)
         if local is not None:

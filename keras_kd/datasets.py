@@ -31,7 +31,13 @@ def _prepare(images, labels):
 
 def _tfds_splits(name, data_dir):
     """`(train, test)` of a tfds image dataset, prepared like the others."""
-    import tensorflow_datasets as tfds
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as error:
+        raise ImportError(
+            f"Loading {name!r} with `source='tfds'` needs tensorflow-datasets, "
+            "an optional dependency: `pip install 'keras-kd[datasets]'`."
+        ) from error
 
     splits = tfds.load(
         name, split=["train", "test"], as_supervised=True, data_dir=data_dir

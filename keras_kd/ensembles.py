@@ -426,7 +426,7 @@ class LabelMergingTeacher(keras.Model):
             # w_k e_k[j] in its student column and 0 elsewhere.
             placed = ops.matmul(logits, placement)
             total = placed if total is None else total + placed
-        merged = total / self._coverage + self._offsets
+        merged = total / ops.convert_to_tensor(self._coverage) + self._offsets
         return ops.log_softmax(merged, axis=-1)
 
     def get_config(self):

@@ -121,7 +121,18 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--save-after-one")
     parser.add_argument("--resume")
+    parser.add_argument(
+        "--data-parallel",
+        action="store_true",
+        help="JAX: keras.distribution.DataParallel over the local devices",
+    )
     args = parser.parse_args()
+    if args.data_parallel:
+        devices = keras.distribution.list_devices()
+        assert len(devices) > 1, f"one device only: {devices} (set XLA_FLAGS)"
+        keras.distribution.set_distribution(
+            keras.distribution.DataParallel(devices=devices)
+        )
     if args.resume:
         distiller, (x, y) = scenarios()["plain"]
         loaded = keras.saving.load_model(args.resume)

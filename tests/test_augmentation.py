@@ -55,7 +55,8 @@ def frozen_logs(distiller, x, y, fixed_mixup=None, **compile_kw):
     if fixed_mixup is not None:
         lam, partners = fixed_mixup
         distiller.mixup.draw = lambda step, batch_size: MixupDraw(
-            tf.constant(lam, "float32"), tf.constant(partners, "int32")
+            keras.ops.convert_to_tensor(lam, "float32"),
+            keras.ops.convert_to_tensor(partners, "int32"),
         )
     distiller.compile(
         optimizer=keras.optimizers.SGD(0.0),
@@ -176,6 +177,7 @@ def test_mixup_with_unlabeled_partners_drops_only_their_label_share():
     assert logs["loss"] == pytest.approx(expected, rel=1e-5)
 
 
+@pytest.mark.tensorflow_only
 @pytest.mark.parametrize("mixup_alpha, variance", [(0.2, 1 / 5.6), (1.0, 1 / 12)])
 def test_sampled_lambda_follows_beta_and_partners_permute(mixup_alpha, variance):
     @tf.function(jit_compile=True)  # The sampler must compile with XLA.
@@ -285,6 +287,7 @@ MIRRORED = textwrap.dedent(
 )
 
 
+@pytest.mark.tensorflow_only
 def test_augmentation_under_mirrored_strategy_trains_like_one_device():
     env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
     result = subprocess.run(

@@ -6,7 +6,9 @@ SGD, no shuffling, two epochs): plain KD, unlabeled rows, a padded
 backend runs it in its own process (Keras fixes its backend at import); the
 logged losses and the final students must agree to 1e-4. Then each backend
 resumes, for its second epoch, a distiller saved after one epoch by another
-backend, and must reach the uninterrupted run's student.
+backend, and must reach the uninterrupted run's student. Last, JAX trains
+the same runs under `keras.distribution.DataParallel` over two CPU devices
+and must match its one-device run.
 
 Runs once, from the TensorFlow suite: the JAX and PyTorch suites skip it.
 """
@@ -38,8 +40,9 @@ def available(backend):
     return importlib.util.find_spec(backend) is not None
 
 
-def run(backend, *args):
+def run(backend, *args, **env_vars):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
+    env.update(env_vars)
     result = subprocess.run(
         [sys.executable, RUNNER, *map(str, args)],
         env=env,
@@ -66,9 +69,17 @@ def runs(tmp_path_factory):
         run(
             backend, resumed[source, backend], "--resume", directory / f"{source}.keras"
         )
+    parallel = directory / "jax_data_parallel.npz"
+    run(
+        "jax",
+        parallel,
+        "--data-parallel",
+        XLA_FLAGS="--xla_force_host_platform_device_count=2",
+    )
     return (
         {b: dict(np.load(f)) for b, f in files.items()},
         {k: dict(np.load(f)) for k, f in resumed.items()},
+        dict(np.load(parallel)),
     )
 
 
@@ -78,7 +89,7 @@ SCENARIOS = ("plain", "unlabeled", "padded_tokens", "mixup", "hint")
 @pytest.mark.parametrize("scenario", SCENARIOS)
 @pytest.mark.parametrize("backend", ["jax", "torch"])
 def test_backend_logs_and_student_match_tensorflow(runs, backend, scenario):
-    results, _ = runs
+    results, _, _ = runs
     reference, other = results["tensorflow"], results[backend]
     keys = [k for k in reference if k.startswith(f"{scenario}/")]
     assert any(k.endswith("/loss") for k in keys) and any("weight" in k for k in keys)
@@ -102,7 +113,7 @@ def test_scenarios_differ_so_that_matching_means_something(runs):
     "source, backend", list(zip(BACKENDS, BACKENDS[1:] + BACKENDS[:1]))
 )
 def test_keras_file_from_one_backend_keeps_training_on_another(runs, source, backend):
-    results, resumed = runs
+    results, resumed, _ = runs
     uninterrupted = results[source]
     second = resumed[source, backend]
     np.testing.assert_allclose(
@@ -113,4 +124,16 @@ def test_keras_file_from_one_backend_keeps_training_on_another(runs, source, bac
             second[f"resumed/weight{i}"],
             uninterrupted[f"plain/weight{i}"],
             atol=TOLERANCE,
+        )
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_jax_data_parallel_trains_like_one_device(runs, scenario):
+    """Two CPU devices under `keras.distribution.DataParallel`, as one."""
+    results, _, parallel = runs
+    one_device = results["jax"]
+    keys = [k for k in one_device if k.startswith(f"{scenario}/")]
+    for key in keys:
+        np.testing.assert_allclose(
+            parallel[key], one_device[key], atol=TOLERANCE, rtol=0, err_msg=key
         )

@@ -63,7 +63,7 @@ def hand_merge(rows, class_maps, num_classes, weights, combine):
 def test_ensemble_is_log_of_weighted_average_probabilities(weights):
     a, b = linear(KERNEL_A, "a"), linear(KERNEL_B, "b")
     ensemble = TeacherEnsemble([a, b], weights=weights)
-    output = np.asarray(ensemble(np.array(X)))
+    output = keras.ops.convert_to_numpy(ensemble(np.array(X)))
     w = weights or [1.0, 1.0]
     expected = [
         hand_ensemble([ra, rb], w)
@@ -95,7 +95,9 @@ def test_ensemble_of_different_architectures_distills_through_fit():
     assert all(np.array_equal(u, v) for u, v in zip(teacher_before, cnn.get_weights()))
     # The cached path gives the same targets as the online one.
     cached = keras_kd.cache_teacher_outputs(ensemble, x)
-    np.testing.assert_allclose(cached, np.asarray(ensemble(x)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        cached, keras.ops.convert_to_numpy(ensemble(x)), rtol=1e-5, atol=1e-5
+    )
 
 
 @pytest.mark.parametrize(
@@ -135,7 +137,9 @@ def test_ensemble_keras_file_round_trip(tmp_path):
     assert isinstance(restored, TeacherEnsemble)
     assert restored.teacher_weights == [1.0, 2.0]
     np.testing.assert_allclose(
-        np.asarray(restored(np.array(X))), np.asarray(ensemble(np.array(X))), rtol=1e-6
+        keras.ops.convert_to_numpy(restored(np.array(X))),
+        keras.ops.convert_to_numpy(ensemble(np.array(X))),
+        rtol=1e-6,
     )
 
 
@@ -159,7 +163,7 @@ def test_label_merging_matches_hand_computation_with_an_overlapping_class(
     merged = LabelMergingTeacher(
         [a, b], MAPS, num_classes=4, weights=weights, combine=combine
     )
-    output = np.asarray(merged(np.array(X)))
+    output = keras.ops.convert_to_numpy(merged(np.array(X)))
     w = weights or [1.0, 1.0]
     rows_b = reference.matmul(X, columns(KERNEL_B, [0, 1]))
     expected = [
@@ -178,12 +182,12 @@ def test_label_merging_of_log_probabilities_by_hand_on_one_example():
     a = linear([[0.0, 0.0, math.log(2.0)]], "a")
     b = linear([[0.0, 0.0]], "b")
     merged = LabelMergingTeacher([a, b], MAPS, 4, combine="log_probabilities")
-    output = np.exp(np.asarray(merged(np.ones((1, 1)))))[0]
+    output = np.exp(keras.ops.convert_to_numpy(merged(np.ones((1, 1)))))[0]
     np.testing.assert_allclose(output, [1 / 6, 1 / 6, 1 / 3, 1 / 3], rtol=1e-6)
     # A teacher that knows the alternative vetoes: B now puts 0.1 on class 2.
     b_sure = linear([[math.log(9.0), 0.0]], "b_sure")
     vetoed = np.exp(
-        np.asarray(
+        keras.ops.convert_to_numpy(
             LabelMergingTeacher([a, b_sure], MAPS, 4, combine="log_probabilities")(
                 np.ones((1, 1))
             )
@@ -202,7 +206,7 @@ def test_disjoint_teachers_log_probabilities_split_mass_logits_concatenate():
     merged = LabelMergingTeacher(
         [a, b], maps, 5, weights=[5.0, 1.0], combine="log_probabilities"
     )
-    output = np.exp(np.asarray(merged(np.ones((1, 1)))))[0]
+    output = np.exp(keras.ops.convert_to_numpy(merged(np.ones((1, 1)))))[0]
     expected = (
         np.concatenate(
             [reference.softmax([1.0, 0.0]), reference.softmax([0.0, 3.0, 1.0])]
@@ -212,7 +216,7 @@ def test_disjoint_teachers_log_probabilities_split_mass_logits_concatenate():
     np.testing.assert_allclose(output, expected, rtol=1e-5)
     # Raw logits: the softmax of the concatenation, [1, 0, 0, 3, 1].
     merged = LabelMergingTeacher([a, b], maps, 5, weights=[5.0, 1.0])
-    output = np.exp(np.asarray(merged(np.ones((1, 1)))))[0]
+    output = np.exp(keras.ops.convert_to_numpy(merged(np.ones((1, 1)))))[0]
     np.testing.assert_allclose(
         output, reference.softmax([1.0, 0.0, 0.0, 3.0, 1.0]), rtol=1e-5
     )
@@ -278,7 +282,9 @@ def test_label_merging_distills_without_labels_and_round_trips(tmp_path):
     assert restored.teacher_weights == [1.0, 2.0]
     assert restored.combine == "log_probabilities"
     np.testing.assert_allclose(
-        np.asarray(restored(np.array(X))), np.asarray(merged(np.array(X))), rtol=1e-6
+        keras.ops.convert_to_numpy(restored(np.array(X))),
+        keras.ops.convert_to_numpy(merged(np.array(X))),
+        rtol=1e-6,
     )
 
 

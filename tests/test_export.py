@@ -151,11 +151,15 @@ def test_saved_model_round_trip(exported, distiller, mnist):
     outputs = signature(**{input_name: tf.constant(x)})
     (logits,) = outputs.values()
     expected = distiller.student.predict(x, verbose=0)
-    np.testing.assert_allclose(logits.numpy(), expected, atol=1e-5, rtol=0)
-    np.testing.assert_allclose(loaded.serve(x).numpy(), expected, atol=1e-5, rtol=0)
+    # Off TensorFlow the student was trained on another backend, whose float32
+    # convolutions differ from TensorFlow's in the last digits.
+    atol = 1e-5 if keras.backend.backend() == "tensorflow" else 1e-4
+    np.testing.assert_allclose(logits.numpy(), expected, atol=atol, rtol=0)
+    np.testing.assert_allclose(loaded.serve(x).numpy(), expected, atol=atol, rtol=0)
     assert exported.verification["saved_model"]["max_abs_diff"] <= 1e-5
 
 
+@pytest.mark.tensorflow_only
 def test_saved_model_holds_student_variables_only(exported, distiller):
     student, teacher = distiller.student, distiller.teacher
     assert teacher.count_params() > 10 * student.count_params()
@@ -199,6 +203,7 @@ def test_tflite_size_tracks_student_not_teacher(exported, distiller, mode):
     )
 
 
+@pytest.mark.tensorflow_only
 def test_variable_check_catches_a_saved_model_with_the_teacher(distiller, tmp_path):
     # The trap export_student avoids: a SavedModel of the whole Distiller
     # tracks the teacher's variables, although `call` only runs the student.
@@ -345,6 +350,7 @@ def test_representative_data_of_wrong_shape_raises(tmp_path):
         )
 
 
+@pytest.mark.tensorflow_only
 def test_op_tflite_cannot_convert_raises(tmp_path):
     class Erfinv(keras.layers.Layer):
         def call(self, x):

@@ -15,6 +15,8 @@ import os
 import tempfile
 import warnings
 
+import keras
+
 from keras_kd.deploy.inputs import as_examples, check_built, keras_outputs, student_of
 from keras_kd.deploy.litert import (
     MIN_TOP1_AGREEMENT,
@@ -25,6 +27,7 @@ from keras_kd.deploy.litert import (
     convert_saved_model,
     require_litert,
 )
+from keras_kd.deploy.on_tensorflow import call_in_tensorflow
 from keras_kd.deploy.saved_model import (
     SAVED_MODEL_DIR,
     check_saved_model_variables,
@@ -109,6 +112,9 @@ def export_student(
       Serving and the TFLite converter.
     - `student_<quantization>.tflite` for each requested mode.
 
+    On JAX and PyTorch the export runs in a TensorFlow child process (see
+    `keras_kd.deploy.on_tensorflow`), with the same result and errors.
+
     Every artifact is checked before this returns: the SavedModel must hold
     exactly the student's variables (no teacher variable) and, on
     `verify_data`, reproduce its outputs to 1e-5; each `.tflite` file is run
@@ -172,6 +178,20 @@ def export_student(
     formats = _check_formats(formats)
     quantizations = check_quantizations(quantization)
     check_int8_io(int8_io)
+    if keras.backend.backend() != "tensorflow":
+        return _export_elsewhere(
+            student,
+            directory,
+            {"representative_data": representative_data, "verify_data": verify_data},
+            {
+                "formats": list(formats),
+                "quantization": list(quantizations),
+                "num_calibration_samples": num_calibration_samples,
+                "int8_io": int8_io,
+                "min_top1_agreement": min_top1_agreement,
+            },
+            input_signature,
+        )
     wants_tflite = "tflite" in formats
     examples = (
         calibration_examples(
@@ -215,6 +235,24 @@ def export_student(
             "`verify_data` (e.g. `x_test`) to verify them on real inputs.",
             stacklevel=2,
         )
+    return result
+
+
+def _export_elsewhere(student, directory, data, arguments, input_signature):
+    """`export_student` from JAX or PyTorch, through a TensorFlow process."""
+    if input_signature is not None:
+        raise ValueError(
+            "`input_signature` applies on TensorFlow only: on the "
+            f"{keras.backend.backend()!r} backend the student reaches the "
+            "TensorFlow export process as a `.keras` file, which records its "
+            "inputs. Build the student on concrete inputs instead."
+        )
+    arrays = {
+        name: None if value is None else as_examples(value, student, 10**9, name)
+        for name, value in data.items()
+    }
+    arguments = dict(arguments, directory=os.path.abspath(directory))
+    result = call_in_tensorflow("export_student", student, arrays, arguments)
     return result
 
 

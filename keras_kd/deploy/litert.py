@@ -25,6 +25,7 @@ import re
 import sys
 import tempfile
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -36,6 +37,7 @@ from keras_kd.deploy.inputs import (
     keras_outputs,
     student_of,
 )
+from keras_kd.deploy.on_tensorflow import call_in_tensorflow
 from keras_kd.deploy.saved_model import SAVED_MODEL_DIR, export_saved_model
 
 QUANTIZATIONS = ("float32", "float16", "dynamic_range", "int8")
@@ -237,7 +239,9 @@ def convert_to_tflite(
 ):
     """Converts a Keras model (or a `Distiller`'s student) to `.tflite` bytes.
 
-    The model goes through a SavedModel (`model.export`) and
+    On JAX and PyTorch the conversion runs in a TensorFlow child process
+    (`keras_kd.deploy.on_tensorflow`). The model goes through a SavedModel
+    (`model.export`) and
     `tf.lite.TFLiteConverter.from_saved_model`, the path that keeps the
     weights; converting a traced `tf.function` that reads Keras variables
     yields a file without weights.
@@ -282,6 +286,10 @@ def convert_to_tflite(
     examples = calibration_examples(
         student, (quantization,), representative_data, num_calibration_samples
     )
+    if keras.backend.backend() != "tensorflow":
+        arguments = {"quantization": quantization, "int8_io": int8_io}
+        data = {"representative_data": examples}
+        return call_in_tensorflow("convert_to_tflite", student, data, arguments)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, SAVED_MODEL_DIR)
         export_saved_model(student, path)
