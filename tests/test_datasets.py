@@ -1,6 +1,7 @@
 """Tests for keras_kd.datasets: the bundled split, idx files and tfds (mocked)."""
 
 import gzip
+import sys
 
 import numpy as np
 import pytest
@@ -55,3 +56,12 @@ def test_bundled_mnist_is_the_balanced_split():
     (x, y), (x_test, y_test) = keras_kd.datasets.load_mnist()
     assert x.shape == (5000, 28, 28, 1) and x_test.shape == (10000, 28, 28, 1)
     assert np.bincount(y).tolist() == [500] * 10
+
+
+@pytest.mark.parametrize(
+    "load", [datasets.load_mnist, datasets.load_fashion_mnist], ids=["mnist", "fashion"]
+)
+def test_tfds_source_without_tensorflow_datasets_names_the_extra(load, monkeypatch):
+    monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
+    with pytest.raises(ImportError, match=r"keras-kd\[datasets\]"):
+        load(source="tfds")
