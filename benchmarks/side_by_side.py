@@ -25,6 +25,8 @@ epochs (the first, which traces, excluded).
     python benchmarks/side_by_side.py --only scaling  # or --only main, --only memory
 
 PyTorch rows need `pip install -e .[bench]`; without torch they are skipped.
+This script runs Keras on TensorFlow; `benchmarks/backends.py` measures the
+same pair on each Keras backend (TensorFlow, JAX, PyTorch), one process each.
 """
 
 import argparse
