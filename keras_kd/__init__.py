@@ -1,4 +1,4 @@
-"""keras_kd: knowledge distillation for Keras 3 and TensorFlow."""
+"""keras_kd: knowledge distillation for Keras 3, on TensorFlow, JAX and PyTorch."""
 
 from keras_kd import (
     chains,
