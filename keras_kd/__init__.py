@@ -31,6 +31,7 @@ from keras_kd.deploy import (
 from keras_kd.distiller import Distiller
 from keras_kd.ensembles import LabelMergingTeacher, TeacherEnsemble
 from keras_kd.losses import (
+    DIST,
     DKD,
     RKD,
     AttentionTransfer,
@@ -40,6 +41,7 @@ from keras_kd.losses import (
     KDLoss,
     SimilarityPreserving,
     attention_transfer_loss,
+    dist_loss,
     dkd_loss,
     hint_loss,
     kd_loss,
@@ -67,8 +69,10 @@ __all__ = [
     "deploy",
     "distill_chain",
     "Distiller",
+    "DIST",
     "DKD",
     "DistillationLoss",
+    "dist_loss",
     "dkd_loss",
     "ensembles",
     "merging",

@@ -63,3 +63,10 @@ def check_fraction(value, name: str, meaning: str) -> float:
             f"`{name}` must be in [0, 1]: {meaning}. Got {name}={value!r}."
         )
     return number
+
+
+def check_flag(value, name: str) -> bool:
+    """`value` if it is `True` or `False` (a NumPy bool too); else `ValueError`."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)

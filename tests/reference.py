@@ -141,3 +141,36 @@ def dkd(teacher_row, student_row, label, alpha, beta, temperature):
     q_s = log_softmax64(np.asarray(student_row, "float64")[others], temperature)
     nckd = float(np.sum(np.exp(q_t) * (q_t - q_s)))
     return temperature**2 * (alpha * tckd + beta * nckd)
+
+
+# --- Logit standardization and DIST, in float64 with the statistics module ----
+
+
+def standardize(row, epsilon=1e-7):
+    """(z - mean) / (sample std + epsilon), the authors' torch `std` (N - 1)."""
+    import statistics
+
+    mean, std = statistics.fmean(row), statistics.stdev(row)
+    return [(v - mean) / (std + epsilon) for v in row]
+
+
+def pearson(a, b):
+    """cos(a - mean a, b - mean b) with 1e-8 added to the norms' product."""
+    ma, mb = sum(a) / len(a), sum(b) / len(b)
+    da, db = [v - ma for v in a], [v - mb for v in b]
+    dot = sum(x * y for x, y in zip(da, db))
+    na, nb = math.sqrt(sum(x * x for x in da)), math.sqrt(sum(y * y for y in db))
+    return dot / (na * nb + 1e-8)
+
+
+def dist(teacher, student, beta, gamma, temperature):
+    """DIST over a batch: T² (beta mean_i (1 - rho rows) + gamma mean_c (...))."""
+    p_t = [softmax(row, temperature) for row in teacher]
+    p_s = [softmax(row, temperature) for row in student]
+    inter = [1 - pearson(s, t) for s, t in zip(p_s, p_t)]
+    columns = range(len(p_t[0]))
+    intra = [
+        1 - pearson([row[c] for row in p_s], [row[c] for row in p_t]) for c in columns
+    ]
+    total = beta * sum(inter) / len(inter) + gamma * sum(intra) / len(intra)
+    return temperature**2 * total

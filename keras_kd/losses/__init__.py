@@ -1,7 +1,9 @@
 """Distillation losses: pure `keras.ops` functions and `keras.losses.Loss` classes.
 
 - `logits`: KD (`kd_loss`, `KDLoss`) and DKD (`dkd_loss`, `DKD`), on the
-  outputs of both models, subclasses of `DistillationLoss`;
+  outputs of both models, subclasses of `DistillationLoss`, with logit
+  standardization (`standardize_logits`, `standardize=True`);
+- `dist`: DIST (`dist_loss`, `DIST`), correlations of the tempered outputs;
 - `features`: hints (`hint_loss`, `HintLoss`) and attention transfer
   (`attention_transfer_loss`, `AttentionTransfer`), per example;
 - `relations`: RKD (`rkd_distance_loss`, `rkd_angle_loss`, `RKD`) and
@@ -11,6 +13,7 @@
 """
 
 from keras_kd.losses.base import DistillationLoss, FeatureLoss
+from keras_kd.losses.dist import DIST, dist_loss, pearson_correlation
 from keras_kd.losses.features import (
     AttentionTransfer,
     HintLoss,
@@ -18,7 +21,14 @@ from keras_kd.losses.features import (
     attention_transfer_loss,
     hint_loss,
 )
-from keras_kd.losses.logits import DKD, KDLoss, dkd_loss, kd_loss, tempered_log_softmax
+from keras_kd.losses.logits import (
+    DKD,
+    KDLoss,
+    dkd_loss,
+    kd_loss,
+    standardize_logits,
+    tempered_log_softmax,
+)
 from keras_kd.losses.relations import (
     RKD,
     SimilarityPreserving,
@@ -28,6 +38,7 @@ from keras_kd.losses.relations import (
 )
 
 __all__ = [
+    "DIST",
     "DKD",
     "RKD",
     "AttentionTransfer",
@@ -38,11 +49,14 @@ __all__ = [
     "SimilarityPreserving",
     "attention_map",
     "attention_transfer_loss",
+    "dist_loss",
     "dkd_loss",
     "hint_loss",
     "kd_loss",
+    "pearson_correlation",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "similarity_preserving_loss",
+    "standardize_logits",
     "tempered_log_softmax",
 ]

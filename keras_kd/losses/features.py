@@ -12,6 +12,7 @@ logits losses. All math runs in float32, whatever the input dtype.
 import keras
 from keras import ops
 
+from keras_kd._validation import check_flag
 from keras_kd.losses._tensors import flatten, float32, l2_normalize, static_shape
 from keras_kd.losses.base import FeatureLoss
 
@@ -199,8 +200,7 @@ class HintLoss(FeatureLoss):
         name="hint_loss",
         dtype="float32",
     ):
-        if not isinstance(adapter, bool):
-            raise ValueError(f"`adapter` must be True or False, got {adapter!r}.")
+        check_flag(adapter, "adapter")
         super().__init__(
             teacher_layer_name, student_layer_name, weight, reduction, name, dtype
         )

@@ -1,5 +1,10 @@
 """Losses on logits: Hinton's tempered KL (KD) and decoupled KD (DKD).
 
+Both take `standardize=True` for logit standardization (Sun et al., CVPR
+2024; `standardize_logits`): each position's logits are z-scored before the
+temperature, so that the student matches the teacher's logit *relations*
+rather than their scale.
+
 Every function takes logits `(batch, ..., classes)` and returns one value per
 position (shape `(batch, ...)`), like
 `keras.losses.sparse_categorical_crossentropy`; the Loss classes reduce them
@@ -10,7 +15,7 @@ dtype, so that mixed-precision logits do not overflow in `exp`.
 import keras
 from keras import ops
 
-from keras_kd._validation import check_nonnegative, check_temperature
+from keras_kd._validation import check_flag, check_nonnegative, check_temperature
 from keras_kd.losses.base import DistillationLoss
 
 _LOG_2 = 0.6931471805599453
@@ -30,7 +35,47 @@ def tempered_log_softmax(logits, temperature: float):
     return ops.log_softmax(logits / temperature, axis=-1)
 
 
-def kd_loss(teacher_logits, student_logits, temperature: float = 3.0):
+def standardize_logits(logits, epsilon: float = 1e-7):
+    """Logit standardization: z-scores each position's logits over the classes.
+
+    `z' = (z - mean(z)) / (std(z) + epsilon)`, float32, with `std` the sample
+    standard deviation (Bessel's `N - 1`, as `torch.Tensor.std` in the
+    authors' code). The variance is floored at 1e-12 inside the square root,
+    so that constant logits give zeros with finite gradients.
+
+    Args:
+        logits: Tensor `(..., num_classes)`, at least two classes.
+        epsilon: Added to the standard deviation. Defaults to `1e-7` (the
+            authors').
+
+    Returns:
+        A float32 tensor of the same shape.
+
+    Reference:
+        Sun, Ren, Li, Wang, Cao, "Logit Standardization in Knowledge
+        Distillation", CVPR 2024, https://arxiv.org/abs/2403.01427
+    """
+    logits = ops.cast(logits, "float32")
+    classes = logits.shape[-1]
+    if classes is not None and classes < 2:
+        raise ValueError(
+            f"Logit standardization needs at least 2 classes, got logits of "
+            f"shape {tuple(logits.shape)}."
+        )
+    centered = logits - ops.mean(logits, axis=-1, keepdims=True)
+    variance = ops.sum(ops.square(centered), axis=-1, keepdims=True) / (classes - 1)
+    return centered / (ops.sqrt(ops.maximum(variance, 1e-12)) + epsilon)
+
+
+def _maybe_standardized(teacher_logits, student_logits, standardize: bool):
+    if not standardize:
+        return teacher_logits, student_logits
+    return standardize_logits(teacher_logits), standardize_logits(student_logits)
+
+
+def kd_loss(
+    teacher_logits, student_logits, temperature: float = 3.0, standardize=False
+):
     """Hinton's tempered KL divergence, per example, with the T² factor.
 
     `T² * KL(softmax(teacher_logits / T) || softmax(student_logits / T))`
@@ -49,6 +94,9 @@ def kd_loss(teacher_logits, student_logits, temperature: float = 3.0):
             outputs: `(batch, C)`, `(batch, time, C)`, `(batch, H, W, C)`.
         student_logits: Tensor of the same shape, pre-softmax outputs.
         temperature: Positive float T. Defaults to `3.0`.
+        standardize: Whether to z-score both models' logits first
+            (`standardize_logits`, logit standardization). Defaults to
+            `False`.
 
     Returns:
         A float32 tensor of shape `(batch, ...)`: one value per position.
@@ -65,6 +113,9 @@ def kd_loss(teacher_logits, student_logits, temperature: float = 3.0):
         2015, https://arxiv.org/abs/1503.02531
     """
     temperature = check_temperature(temperature)
+    teacher_logits, student_logits = _maybe_standardized(
+        teacher_logits, student_logits, standardize
+    )
     log_p_teacher = tempered_log_softmax(teacher_logits, temperature)
     log_p_student = tempered_log_softmax(student_logits, temperature)
     kl = ops.sum(ops.exp(log_p_teacher) * (log_p_teacher - log_p_student), axis=-1)
@@ -82,6 +133,8 @@ class KDLoss(DistillationLoss):
 
     Args:
         temperature: Positive float T. Defaults to `3.0`.
+        standardize: Logit standardization of both models' logits first
+            (Sun et al., CVPR 2024). Defaults to `False`.
         reduction: Keras loss reduction. Defaults to `"sum_over_batch_size"`.
         name: Loss name. Defaults to `"kd_loss"`.
         dtype: Dtype of the computation. Defaults to `"float32"`.
@@ -100,6 +153,7 @@ class KDLoss(DistillationLoss):
     def __init__(
         self,
         temperature: float = 3.0,
+        standardize: bool = False,
         reduction: str = "sum_over_batch_size",
         name: str = "kd_loss",
         dtype: str = "float32",
@@ -107,13 +161,18 @@ class KDLoss(DistillationLoss):
         temperature = check_temperature(temperature)
         super().__init__(name=name, reduction=reduction, dtype=dtype)
         self.temperature = temperature
+        self.standardize = check_flag(standardize, "standardize")
 
     def call(self, y_true, y_pred):
-        return kd_loss(y_true, y_pred, temperature=self.temperature)
+        return kd_loss(
+            y_true, y_pred, temperature=self.temperature, standardize=self.standardize
+        )
 
     def get_config(self):
         config = super().get_config()
-        config.update({"temperature": self.temperature})
+        config.update(
+            {"temperature": self.temperature, "standardize": self.standardize}
+        )
         return config
 
 
@@ -150,6 +209,7 @@ def dkd_loss(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float = 4.0,
+    standardize: bool = False,
 ):
     """Decoupled knowledge distillation (DKD), per position, with the T² factor.
 
@@ -184,6 +244,8 @@ def dkd_loss(
         beta: Weight of NCKD, >= 0. Defaults to `8.0` (the paper's CIFAR-100
             value; 1 to 8 is usual).
         temperature: Positive float T. Defaults to `4.0` (the paper's).
+        standardize: Whether to z-score both models' logits first
+            (`standardize_logits`). Defaults to `False`.
 
     Returns:
         A float32 tensor of shape `(batch, ...)`: one value per position.
@@ -208,6 +270,9 @@ def dkd_loss(
     num_classes = student_logits.shape[-1]
     _check_labels(labels, num_classes)
     labels = ops.reshape(ops.cast(labels, "int32"), ops.shape(student_logits)[:-1])
+    teacher_logits, student_logits = _maybe_standardized(
+        teacher_logits, student_logits, standardize
+    )
     target = ops.one_hot(labels, num_classes, dtype="float32")
     # A large finite offset, not -inf, keeps the masked logsumexp's gradient
     # free of NaN.
@@ -250,6 +315,8 @@ class DKD(DistillationLoss):
         alpha: Weight of TCKD, >= 0. Defaults to `1.0`.
         beta: Weight of NCKD, >= 0. Defaults to `8.0`.
         temperature: Positive float T. Defaults to `4.0`.
+        standardize: Logit standardization of both models' logits first.
+            Defaults to `False`.
         reduction: Keras loss reduction. Defaults to `"sum_over_batch_size"`.
         name: Loss name. Defaults to `"dkd"`.
         dtype: Dtype of the computation. Defaults to `"float32"`.
@@ -276,6 +343,7 @@ class DKD(DistillationLoss):
         alpha: float = 1.0,
         beta: float = 8.0,
         temperature: float = 4.0,
+        standardize: bool = False,
         reduction: str = "sum_over_batch_size",
         name: str = "dkd",
         dtype: str = "float32",
@@ -287,6 +355,7 @@ class DKD(DistillationLoss):
         self.alpha = alpha
         self.beta = beta
         self.temperature = temperature
+        self.standardize = check_flag(standardize, "standardize")
 
     def call(self, y_true, y_pred, labels=None):
         if labels is None:
@@ -298,11 +367,17 @@ class DKD(DistillationLoss):
             alpha=self.alpha,
             beta=self.beta,
             temperature=self.temperature,
+            standardize=self.standardize,
         )
 
     def get_config(self):
         config = super().get_config()
         config.update(
-            {"alpha": self.alpha, "beta": self.beta, "temperature": self.temperature}
+            {
+                "alpha": self.alpha,
+                "beta": self.beta,
+                "temperature": self.temperature,
+                "standardize": self.standardize,
+            }
         )
         return config
