@@ -196,9 +196,36 @@ def test_invalid_loss_arguments_are_rejected(make, match):
         make()
 
 
-def test_attention_transfer_rejects_other_spatial_sizes():
-    with pytest.raises(ValueError, match=r"spatial sizes.*\(4, 4\).*\(2, 2\)"):
-        attention_transfer_loss(np.ones((1, 4, 4, 2)), np.ones((1, 2, 2, 2)))
+def pooled(x, factor):
+    """NumPy average pooling of NHWC `x` by `factor` on both spatial axes."""
+    n, h, w, c = x.shape
+    return x.reshape(n, h // factor, factor, w // factor, factor, c).mean((2, 4))
+
+
+def test_spatial_sizes_that_divide_are_pooled_to_the_smaller():
+    teacher, student = RNG.random((2, 4, 4, 3)), RNG.random((2, 2, 2, 5))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(attention_transfer_loss(teacher, student)),
+        reference.attention_transfer(pooled(teacher, 2), student),
+        rtol=1e-5,
+    )
+    # The student's map is the larger one: it is the one pooled.
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(attention_transfer_loss(student, teacher)),
+        reference.attention_transfer(student, pooled(teacher, 2)),
+        rtol=1e-5,
+    )
+    same_width = RNG.random((2, 2, 2, 3))
+    np.testing.assert_allclose(
+        keras.ops.convert_to_numpy(hint_loss(teacher, same_width)),
+        reference.hint(pooled(teacher, 2), same_width),
+        rtol=1e-5,
+    )
+
+
+def test_attention_transfer_rejects_sizes_that_do_not_divide():
+    with pytest.raises(ValueError, match=r"divide.*\(4, 4\).*\(3, 3\)"):
+        attention_transfer_loss(np.ones((1, 4, 4, 2)), np.ones((1, 3, 3, 2)))
     with pytest.raises(ValueError, match="4-D NHWC"):
         attention_transfer_loss(np.ones((1, 4)), np.ones((1, 4)))
 
@@ -497,22 +524,46 @@ def test_subclassed_protocol_errors():
         distiller.fit(X, Y, batch_size=8, verbose=0)
 
 
-def test_shapes_no_adapter_can_fix_are_rejected():
-    # A strided student conv: 3x3 against the teacher's 6x6. Functional
-    # models fail at compile, subclassed ones on the first batch of `fit`.
+def student_with_conv(**conv_kwargs):
     keras.utils.set_random_seed(1)
     inputs = keras.Input(IMAGE)
-    outputs = inputs
-    for layer in student_layers(strides=2):
+    outputs = keras.layers.Conv2D(2, 3, name="s_conv", **conv_kwargs)(inputs)
+    for layer in student_layers()[1:]:
         outputs = layer(outputs)
-    strided = keras.Model(inputs, outputs)
-    with pytest.raises(ValueError, match=r"spatial sizes.*\(6, 6\).*\(3, 3\)"):
-        keras_kd.Distiller(student=strided, teacher=teacher_model()).compile(
+    return keras.Model(inputs, outputs)
+
+
+def test_strided_student_maps_are_compared_pooled_and_others_rejected():
+    # A strided student conv: 3x3 against the teacher's 6x6, pooled 2x2.
+    strided = student_with_conv(strides=2, padding="same")
+    distiller = keras_kd.Distiller(student=strided, teacher=teacher_model())
+    distiller.compile(
+        optimizer="adam",
+        feature_losses=[
+            AttentionTransfer("t_conv", "s_conv"),
+            HintLoss("t_conv", "s_conv"),
+        ],
+    )
+    logs = distiller.fit(X, Y, batch_size=8, verbose=0).history
+    assert np.isfinite(logs["attention_transfer"][0]) and logs["hint_loss"][0] > 0
+    # The same for a subclassed student, whose shapes are known from data.
+    subclassed = compile_with([AttentionTransfer("t_conv", "s_conv")], "strided")
+    logs = subclassed.fit(X, Y, batch_size=8, verbose=0).history
+    assert np.isfinite(logs["attention_transfer"][0])
+    # A 'valid' 3x3 conv: 4x4 against 6x6, which do not divide. Functional
+    # models fail at compile, subclassed ones on the first batch of `fit`.
+    valid = student_with_conv(padding="valid")
+    with pytest.raises(ValueError, match=r"divide.*\(6, 6\).*\(4, 4\)"):
+        keras_kd.Distiller(student=valid, teacher=teacher_model()).compile(
             feature_losses=[AttentionTransfer("t_conv", "s_conv")]
         )
-    distiller = compile_with([AttentionTransfer("t_conv", "s_conv")], "strided")
-    with pytest.raises(ValueError, match=r"spatial sizes.*\(6, 6\).*\(3, 3\)"):
-        distiller.fit(X, Y, batch_size=8, verbose=0)
+    with pytest.raises(ValueError, match=r"divide.*\(6, 6\).*\(4, 4\)"):
+        keras_kd.Distiller(student=valid, teacher=teacher_model()).compile(
+            feature_losses=[HintLoss("t_conv", "s_conv")]
+        )
+
+
+def test_shapes_no_adapter_can_fix_are_rejected():
     with pytest.raises(ValueError, match=r"width 8 differs from student width 4"):
         compile_with([HintLoss("t_hidden", "s_hidden", adapter=False)])
     with pytest.raises(ValueError, match=r"\(None, 6, 6, 4\).*\(None, 4\).*cannot"):

@@ -13,7 +13,14 @@ import keras
 from keras import ops
 
 from keras_kd._validation import check_flag
-from keras_kd.losses._tensors import flatten, float32, l2_normalize, static_shape
+from keras_kd.losses._tensors import (
+    flatten,
+    float32,
+    l2_normalize,
+    match_spatial,
+    pooling_factors,
+    static_shape,
+)
 from keras_kd.losses.base import FeatureLoss
 
 _ADAPTED_RANKS = {2: "Dense", 4: "Conv2D 1x1"}
@@ -24,7 +31,9 @@ def hint_loss(teacher_features, student_features):
 
     `loss[i] = mean_j (t[i, j] - s[i, j])²` over all non-batch axes, with `t`
     the teacher's features and `s` the student's (after the adapter inside
-    `keras_kd.Distiller`). FitNets writes `½ ||t - r(s)||²`; the mean instead of
+    `keras_kd.Distiller`). NHWC maps whose spatial sizes divide each other
+    are compared after average-pooling the larger to the smaller's (H, W),
+    as for attention transfer. FitNets writes `½ ||t - r(s)||²`; the mean instead of
     the sum keeps the scale independent of the features' size.
 
     Args:
@@ -49,6 +58,8 @@ def hint_loss(teacher_features, student_features):
         Thin Deep Nets", ICLR 2015, https://arxiv.org/abs/1412.6550
     """
     teacher, student = float32(teacher_features), float32(student_features)
+    if len(teacher.shape) == len(student.shape) == 4:
+        teacher, student = match_spatial(teacher, student, "`hint_loss`")
     if static_shape(teacher.shape[1:]) != static_shape(student.shape[1:]):
         raise ValueError(
             "`hint_loss` needs teacher and student features of the same shape, "
@@ -90,19 +101,22 @@ def attention_transfer_loss(teacher_features, student_features, p=2):
     `Q = normalize(vec(mean_c |a|^p))` per example (`keras_kd.losses.
     attention_map`) over the `H * W` positions. This is the authors' code
     (`(at(x) - at(y)).pow(2).mean()`); the paper writes the p-norm of the
-    difference, times `β/2`. Channel counts may differ; spatial sizes must
-    match.
+    difference, times `β/2`. Channel counts may differ; spatial sizes may
+    differ by integer factors: the larger map is average-pooled to the
+    smaller's (H, W) first (`keras_kd.losses._tensors.match_spatial`), as the
+    reference code pools it.
 
     Args:
-        teacher_features: Tensor `(batch, H, W, C_t)`, NHWC.
-        student_features: Tensor `(batch, H, W, C_s)`, NHWC.
+        teacher_features: Tensor `(batch, H_t, W_t, C_t)`, NHWC.
+        student_features: Tensor `(batch, H_s, W_s, C_s)`, NHWC.
         p: Exponent of the activations, > 0. Defaults to `2`.
 
     Returns:
         A float32 tensor of shape `(batch,)`.
 
     Raises:
-        ValueError: if a tensor is not 4-D or the spatial sizes differ.
+        ValueError: if a tensor is not 4-D or the spatial sizes do not divide
+            each other.
 
     Example:
 
@@ -118,7 +132,10 @@ def attention_transfer_loss(teacher_features, student_features, p=2):
     """
     _check_p(p)
     _check_spatial(teacher_features.shape, student_features.shape)
-    difference = attention_map(student_features, p) - attention_map(teacher_features, p)
+    teacher, student = match_spatial(
+        teacher_features, student_features, "Attention transfer"
+    )
+    difference = attention_map(student, p) - attention_map(teacher, p)
     return ops.mean(ops.square(difference), axis=-1)
 
 
@@ -135,13 +152,7 @@ def _check_spatial(teacher_shape, student_shape):
             f"channels)`, got teacher {teacher_shape} and student "
             f"{student_shape}. Pick convolutional layers."
         )
-    teacher_hw, student_hw = teacher_shape[1:3], student_shape[1:3]
-    if None not in teacher_hw + student_hw and teacher_hw != student_hw:
-        raise ValueError(
-            f"Attention transfer needs equal spatial sizes (H, W), got teacher "
-            f"{teacher_hw} and student {student_hw}. Pick layers at the same "
-            "resolution (channel counts may differ)."
-        )
+    pooling_factors(teacher_shape[1:3], student_shape[1:3], "Attention transfer")
 
 
 @keras.saving.register_keras_serializable(package="keras_kd")
@@ -152,8 +163,10 @@ class HintLoss(FeatureLoss):
     (per example, averaged over the batch like the KD term), with `t` the
     output of the teacher's layer, `s` the student's, and `r` a learnable
     adapter when the widths differ: `Dense(width_t)` for 2-D features,
-    `Conv2D(channels_t, 1)` for 4-D NHWC features (the spatial sizes must
-    match). The adapter belongs to the `keras_kd.Distiller`, is trained with
+    `Conv2D(channels_t, 1)` for 4-D NHWC features. NHWC maps of different
+    spatial sizes (dividing each other: a strided student, say) are compared
+    after average-pooling the larger map to the smaller's size, after the
+    adapter. The adapter belongs to the `keras_kd.Distiller`, is trained with
     the student by the same optimizer, and is never part of the student (nor
     of `keras_kd.export_student`'s output). See `keras_kd.losses.hint_loss`.
 
@@ -218,7 +231,7 @@ class HintLoss(FeatureLoss):
         fixable = (
             rank == len(student_shape)
             and rank in _ADAPTED_RANKS
-            and teacher_shape[1:-1] == student_shape[1:-1]
+            and (rank == 4 or teacher_shape[1:-1] == student_shape[1:-1])
             and None not in (teacher_shape[-1], student_shape[-1])
         )
         if not fixable:
@@ -226,9 +239,17 @@ class HintLoss(FeatureLoss):
                 f"{self.describe()}: teacher features {teacher_shape} and student "
                 f"features {student_shape} cannot be compared. An adapter maps "
                 "the last axis only, for 2-D `(batch, width)` (Dense) or 4-D "
-                "NHWC `(batch, H, W, channels)` features (Conv2D 1x1) with the "
-                "same spatial size. Pick layers of matching shapes."
+                "NHWC `(batch, H, W, channels)` features (Conv2D 1x1, spatial "
+                "sizes equal or dividing each other). Pick layers of matching "
+                "shapes."
             )
+        if rank == 4:
+            try:
+                pooling_factors(teacher_shape[1:3], student_shape[1:3], "A hint")
+            except ValueError as error:
+                raise ValueError(f"{self.describe()}: {error}") from None
+        if teacher_shape[-1] == student_shape[-1]:
+            return None  # the spatial sizes only differ: pooled, no adapter
         if not self.adapter:
             raise ValueError(
                 f"{self.describe()}: teacher width {teacher_shape[-1]} differs from "
