@@ -16,7 +16,9 @@ teacher, scratch and distilled students).
 
 Offline by default: it uses the real MNIST split bundled with keras_kd (5,000
 training images, the official 10,000 test images). `--dataset tfds` uses the
-full MNIST through `tensorflow_datasets` when the machine is online.
+full MNIST through `tensorflow_datasets` (the `[datasets]` extra) when the
+machine is online. Any Keras backend: `KERAS_BACKEND=jax` or `torch` (the
+`[jax]` / `[torch]` extras); the export runs in a TensorFlow process then.
 
     pip install -e ".[export]"                       # LiteRT, verifies the TFLite files
     python examples/distill_mnist.py                 # about 5 minutes on 2 cores
