@@ -25,14 +25,12 @@ which only JAX needs to wrap.
 
 import keras
 
-
-def backend() -> str:
-    return keras.backend.backend()
+from keras_kd._distribute import on_tensorflow
 
 
 def train_step(trainer, *args):
     """`trainer.train_step`: `(data)`, or `(state, data)` on JAX."""
-    name = backend()
+    name = keras.backend.backend()
     if name == "jax":
         return _jax_train_step(trainer, *args)
     if name == "torch":
@@ -42,7 +40,7 @@ def train_step(trainer, *args):
 
 def evaluation_step(trainer, *args):
     """`trainer.test_step`: `(data)`, or `(state, data)` on JAX."""
-    if backend() != "jax":
+    if keras.backend.backend() != "jax":
         return trainer._evaluate(*args)
     state, data = args
     trainable, non_trainable, metrics = state
@@ -81,11 +79,12 @@ def _torch_train_step(trainer, data):
     gradients = [variable.value.grad for variable in variables]
     with torch.no_grad():
         trainer.optimizer.apply(gradients, variables)
-        return trainer._record(prepared, keras.tree.map_structure(_detach, outcome))
+        return trainer._record(prepared, _without_gradient(outcome))
 
 
-def _detach(value):
-    return value.detach() if hasattr(value, "detach") else value
+def _without_gradient(outcome):
+    """`outcome` cut from the graph: the logs need its values only."""
+    return keras.tree.map_structure(keras.ops.stop_gradient, outcome)
 
 
 def _jax_train_step(trainer, state, data):
@@ -110,8 +109,7 @@ def _jax_train_step(trainer, state, data):
             prepared = trainer._prepare(data)
             loss, outcome = trainer._loss(prepared)
             scaled = trainer.optimizer.scale_loss(loss)
-            outcome = keras.tree.map_structure(jax.lax.stop_gradient, outcome)
-            logs = trainer._record(prepared, outcome)
+            logs = trainer._record(prepared, _without_gradient(outcome))
             updated = [_current(scope, group) for group in (others[0], others[2])]
         return scaled, (logs, updated)
 
@@ -133,7 +131,7 @@ def build_optimizer(trainer) -> None:
     TensorFlow builds it on the variables of the first `optimizer.apply`.
     """
     optimizer = getattr(trainer, "optimizer", None)
-    if backend() == "tensorflow" or optimizer is None or optimizer.built:
+    if on_tensorflow() or optimizer is None or optimizer.built:
         return
     if all(model.built for model in trainer._trained_models):
         positions = _trained_positions(trainer)

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd._distribute import on_tensorflow
 from keras_kd._validation import check_positive_int
 
 # Teacher logits computed ahead of training travel inside `x`, next to the
@@ -52,7 +53,7 @@ def teacher_logits_function(teacher, teacher_outputs="logits", jit_compile=False
             outputs = ops.log(ops.maximum(outputs, 1e-12))
         return outputs
 
-    if keras.backend.backend() != "tensorflow":
+    if not on_tensorflow():
         return lambda x: ops.convert_to_numpy(
             logits(teacher.predict_on_batch(_as_numpy(x)))
         )
@@ -230,7 +231,7 @@ def _with_logits(dataset, logits_of, dtype):
     def inputs_of(batch):
         return keras.utils.unpack_x_y_sample_weight(batch)[0]
 
-    if keras.backend.backend() == "tensorflow":
+    if on_tensorflow():
 
         def attach(*batch):
             batch = batch[0] if len(batch) == 1 else batch

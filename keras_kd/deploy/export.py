@@ -17,6 +17,7 @@ import warnings
 
 import keras
 
+from keras_kd._distribute import on_tensorflow
 from keras_kd.deploy.inputs import as_examples, check_built, keras_outputs, student_of
 from keras_kd.deploy.litert import (
     MIN_TOP1_AGREEMENT,
@@ -178,7 +179,7 @@ def export_student(
     formats = _check_formats(formats)
     quantizations = check_quantizations(quantization)
     check_int8_io(int8_io)
-    if keras.backend.backend() != "tensorflow":
+    if not on_tensorflow():
         return _export_elsewhere(
             student,
             directory,

@@ -25,10 +25,10 @@ import re
 import sys
 import tempfile
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd._distribute import on_tensorflow
 from keras_kd.deploy.errors import ExportVerificationError, TFLiteConversionError
 from keras_kd.deploy.inputs import (
     VERIFY_BATCH,
@@ -286,7 +286,7 @@ def convert_to_tflite(
     examples = calibration_examples(
         student, (quantization,), representative_data, num_calibration_samples
     )
-    if keras.backend.backend() != "tensorflow":
+    if not on_tensorflow():
         arguments = {"quantization": quantization, "int8_io": int8_io}
         data = {"representative_data": examples}
         return call_in_tensorflow("convert_to_tflite", student, data, arguments)

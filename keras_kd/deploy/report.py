@@ -12,10 +12,10 @@ import statistics
 import tempfile
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
+from keras_kd._distribute import on_tensorflow
 from keras_kd.deploy.export import export_student
 from keras_kd.deploy.inputs import keras_outputs, student_of
 from keras_kd.deploy.litert import (
@@ -48,7 +48,7 @@ def _keras_latency_ms(model, example, runs, warmup):
     elsewhere (jitted on JAX, without gradients on PyTorch).
     """
     batch = example[None]
-    if keras.backend.backend() != "tensorflow":
+    if not on_tensorflow():
         return _median_latency_ms(lambda: model.predict_on_batch(batch), runs, warmup)
     serve = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     batch = tf.constant(batch)
