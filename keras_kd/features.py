@@ -6,6 +6,8 @@ outputs of the named layers:
 - Functional and Sequential models (built with `keras.Input`): a
   multi-output view, `keras.Model(model.inputs, [model.output,
   layer.output, ...])`, that shares every layer and weight with the model.
+  A layer inside a nested model (a backbone) is named by its path,
+  `"backbone/conv3_block4_out"`; see `keras_kd._layer_paths`.
 - Subclassed models: they implement the protocol
   `call_with_features(inputs, training=False)`, which returns
   `(logits, {layer_name: tensor})` from one forward pass, for example:
@@ -41,7 +43,7 @@ over the replicas, without sample weights. The Distiller's loss becomes
 import keras
 from keras import ops
 
-from keras_kd import _models, _training
+from keras_kd import _layer_paths, _models, _training
 from keras_kd import losses as kd_losses
 
 PROTOCOL = "call_with_features"
@@ -88,29 +90,22 @@ class FeatureSource:
                 f"The {role} {model.name!r} has {len(outputs)} outputs; feature "
                 "distillation needs a model with one output, its logits."
             )
-        layers = {layer.name: layer for layer in model.layers}
-        unknown = [name for name in self.names if name not in layers]
+        paths = _layer_paths.layer_paths(model)
+        unknown = [name for name in self.names if name not in paths]
         if unknown:
             raise ValueError(
                 f"The {role} {model.name!r} has no layer named "
-                f"{', '.join(map(repr, unknown))}. Its layers are: "
-                f"{', '.join(map(repr, layers))}."
+                f"{', '.join(map(repr, unknown))}. Its layers (and, by "
+                "path, those of the models nested in it) are: "
+                f"{', '.join(map(repr, paths))}."
             )
-        tensors = []
+        inputs, outputs, tensors = _layer_paths.feature_tensors(model, self.names)
         for name in self.names:
-            try:
-                tensors.append(layers[name].output)
-            except (AttributeError, ValueError) as error:
-                raise ValueError(
-                    f"The output of the {role}'s layer {name!r} is not defined "
-                    f"in the graph of {model.name!r} ({error}). Pick a layer "
-                    "that is called once in the model."
-                ) from None
-            self.static_shapes[name] = tuple(tensors[-1].shape)
-        # A single input stays a single tensor, as the model takes it.
-        inputs = model.inputs[0] if len(model.inputs) == 1 else model.inputs
+            self.static_shapes[name] = tuple(tensors[name].shape)
         self.view = keras.Model(
-            inputs, [outputs[0], *tensors], name=f"{model.name}_features"
+            _layer_paths.model_inputs(inputs),
+            [outputs[0], *(tensors[name] for name in self.names)],
+            name=f"{model.name}_features",
         )
 
     def __call__(self, x, training):

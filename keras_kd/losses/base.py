@@ -37,7 +37,8 @@ class FeatureLoss(keras.losses.Loss):
 
     A feature loss compares the output of the teacher's layer
     `teacher_layer_name` with the output of the student's layer
-    `student_layer_name` (`None`: the model's output, its logits), and is
+    `student_layer_name` (`None`: the model's output, its logits; a layer of
+    a nested model by its path, `"backbone/conv3_block4_out"`), and is
     added to the total loss as `weight * value`. `call(teacher_features,
     student_features)` returns per-example values `(batch,)`, or one scalar
     for a batch-level loss (`batch_level = True`).
