@@ -112,10 +112,11 @@ def similarity_preserving(teacher, student):
 # --- Decoupled KD, in float64 ---------------------------------------------------
 
 
-def log_softmax64(row, temperature=1.0):
-    scaled = np.asarray(row, "float64") / temperature
-    top = scaled.max()
-    return scaled - top - math.log(np.exp(scaled - top).sum())
+def log_softmax64(logits, temperature=1.0):
+    """log softmax(z / T) on the last axis, in float64."""
+    z = np.asarray(logits, "float64") / temperature
+    z = z - z.max(axis=-1, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=-1, keepdims=True))
 
 
 def dkd(teacher_row, student_row, label, alpha, beta, temperature):
@@ -174,3 +175,26 @@ def dist(teacher, student, beta, gamma, temperature):
     ]
     total = beta * sum(inter) / len(inter) + gamma * sum(intra) / len(intra)
     return temperature**2 * total
+
+
+# --- Token divergences (language models), float64 numpy ---------------------
+
+
+def token_divergence(teacher, student, divergence, beta, temperature):
+    """T² * D per position: forward KL, reverse KL or TRL's JSD(beta)."""
+    lt, ls = log_softmax64(teacher, temperature), log_softmax64(student, temperature)
+    pt, ps = np.exp(lt), np.exp(ls)
+    if divergence == "jsd" and beta == 0.0:
+        divergence = "forward_kl"
+    if divergence == "jsd" and beta == 1.0:
+        divergence = "reverse_kl"
+    if divergence == "forward_kl":
+        value = (pt * (lt - ls)).sum(-1)
+    elif divergence == "reverse_kl":
+        value = (ps * (ls - lt)).sum(-1)
+    else:
+        log_m = np.logaddexp(np.log(beta) + lt, np.log(1 - beta) + ls)
+        value = beta * (pt * (lt - log_m)).sum(-1) + (1 - beta) * (
+            ps * (ls - log_m)
+        ).sum(-1)
+    return temperature**2 * value

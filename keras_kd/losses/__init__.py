@@ -9,6 +9,8 @@
 - `relations`: RKD (`rkd_distance_loss`, `rkd_angle_loss`, `RKD`) and
   similarity preservation (`similarity_preserving_loss`,
   `SimilarityPreserving`), per batch;
+- `tokens`: forward KL, reverse KL and JSD(beta) per token of a language
+  model (`token_divergence`, `TokenDivergence`), in chunks if asked;
 - `base`: the two base types, `DistillationLoss` and `FeatureLoss`.
 """
 
@@ -36,6 +38,7 @@ from keras_kd.losses.relations import (
     rkd_distance_loss,
     similarity_preserving_loss,
 )
+from keras_kd.losses.tokens import TokenDivergence, token_divergence
 
 __all__ = [
     "DIST",
@@ -47,6 +50,7 @@ __all__ = [
     "HintLoss",
     "KDLoss",
     "SimilarityPreserving",
+    "TokenDivergence",
     "attention_map",
     "attention_transfer_loss",
     "dist_loss",
@@ -59,4 +63,5 @@ __all__ = [
     "similarity_preserving_loss",
     "standardize_logits",
     "tempered_log_softmax",
+    "token_divergence",
 ]

@@ -1,0 +1,290 @@
+"""Token-level divergences for language models: forward KL, reverse KL, JSD(beta).
+
+With `p_t = softmax(t / T)` and `p_s = softmax(s / T)` over the vocabulary
+(the last axis) at each position, and `T²` in front as for Hinton's term (so
+that the gradients keep their scale as `T` changes; at `T = 1` the values are
+TRL's):
+
+- forward KL (the Hinton term, mass-covering):
+  `T² * sum_v p_t (log p_t - log p_s)`;
+- reverse KL (mode-seeking, MiniLLM): `T² * sum_v p_s (log p_s - log p_t)`;
+- the generalized Jensen-Shannon divergence of GKD, with
+  `m = beta * p_t + (1 - beta) * p_s`:
+  `T² * (beta * KL(p_t || m) + (1 - beta) * KL(p_s || m))`; as in TRL's
+  `generalized_jsd_loss`, `beta = 0` is the forward KL and `beta = 1` the
+  reverse KL (the JSD itself vanishes at both ends).
+
+Everything is computed from `log_softmax` in float32, `log m` as
+`logaddexp(log beta + log p_t, log(1 - beta) + log p_s)`.
+
+**Chunks.** `token_divergence(..., chunk_size=c)` never holds more than `c`
+positions of float32 `(c, vocab)` probabilities at once: it walks the
+positions in chunks (`keras.ops.map`), computing each chunk's values and
+their gradient with respect to the student's logits in closed form,
+`dL/ds = T * p_s * (g - sum_v p_s g)` with `g = dD/dp_s`
+(`-p_t / p_s`, giving `T (p_s - p_t)`, for the forward KL;
+`log p_s - log p_t` for the reverse KL; `(1 - beta)(log p_s - log m)` for
+the JSD), and keeps that gradient, in the logits' dtype, for the backward
+pass (`keras.ops.custom_gradient`). Autodiff through the unchunked formula
+would keep several float32 copies of the whole `(positions, vocab)` tensor.
+
+References:
+    Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
+    2015, https://arxiv.org/abs/1503.02531
+    Gu, Dong, Wei, Huang, "MiniLLM: Knowledge Distillation of Large Language
+    Models", ICLR 2024, https://arxiv.org/abs/2306.08543
+    Agarwal, Vieillard, Zhou, Stanczyk, Ramos, Geist, Bachem, "On-Policy
+    Distillation of Language Models: Learning from Self-Generated Mistakes",
+    ICLR 2024, https://arxiv.org/abs/2306.13649
+"""
+
+import math
+
+import keras
+from keras import ops
+
+from keras_kd._validation import check_positive_int, check_temperature
+from keras_kd.losses._tensors import float32
+from keras_kd.losses.base import DistillationLoss
+
+DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+
+
+def check_divergence(divergence, beta):
+    """`(divergence, beta)`, validated; `jsd` at beta 0 or 1 is a KL."""
+    if divergence not in DIVERGENCES:
+        raise ValueError(
+            f"`divergence` must be one of {DIVERGENCES}, got {divergence!r}."
+        )
+    if isinstance(beta, bool) or not isinstance(beta, (int, float)):
+        raise ValueError(f"`beta` must be a number in [0, 1], got {beta!r}.")
+    if not 0.0 <= beta <= 1.0:
+        raise ValueError(f"`beta` must be in [0, 1], got {beta!r}.")
+    return divergence, float(beta)
+
+
+def _effective(divergence, beta):
+    if divergence == "jsd" and beta == 0.0:
+        return "forward_kl"
+    if divergence == "jsd" and beta == 1.0:
+        return "reverse_kl"
+    return divergence
+
+
+def _log_mixture(log_p_t, log_p_s, beta):
+    """`log(beta * p_t + (1 - beta) * p_s)`, for 0 < beta < 1."""
+    return ops.logaddexp(log_p_t + math.log(beta), log_p_s + math.log(1.0 - beta))
+
+
+def _divergence(log_p_t, log_p_s, divergence, beta):
+    """`D(p_t, p_s)` on the last axis, from float32 log-probabilities."""
+    p_t, p_s = ops.exp(log_p_t), ops.exp(log_p_s)
+    if divergence == "forward_kl":
+        return ops.sum(p_t * (log_p_t - log_p_s), axis=-1)
+    if divergence == "reverse_kl":
+        return ops.sum(p_s * (log_p_s - log_p_t), axis=-1)
+    log_m = _log_mixture(log_p_t, log_p_s, beta)
+    teacher_term = ops.sum(p_t * (log_p_t - log_m), axis=-1)
+    student_term = ops.sum(p_s * (log_p_s - log_m), axis=-1)
+    return beta * teacher_term + (1.0 - beta) * student_term
+
+
+def _log_probs(teacher_logits, student_logits, temperature):
+    log_p_t = ops.log_softmax(float32(teacher_logits) / temperature, axis=-1)
+    log_p_s = ops.log_softmax(float32(student_logits) / temperature, axis=-1)
+    return log_p_t, log_p_s
+
+
+def _values_and_gradient(teacher_logits, student_logits, divergence, beta, temperature):
+    """`(T² D, dL/ds)` at each position, the gradient in closed form."""
+    log_p_t, log_p_s = _log_probs(teacher_logits, student_logits, temperature)
+    p_s = ops.exp(log_p_s)
+    values = _divergence(log_p_t, log_p_s, divergence, beta)
+    if divergence == "forward_kl":
+        direction = p_s - ops.exp(log_p_t)
+    else:
+        if divergence == "reverse_kl":
+            g = log_p_s - log_p_t
+        else:
+            g = (1.0 - beta) * (log_p_s - _log_mixture(log_p_t, log_p_s, beta))
+        direction = p_s * (g - ops.sum(p_s * g, axis=-1, keepdims=True))
+    return temperature**2 * values, temperature * direction
+
+
+def _chunk_length(length, chunk_size):
+    """The largest divisor of `length` that is at most `chunk_size`."""
+    for size in range(min(chunk_size, length), 0, -1):
+        if length % size == 0:
+            return size
+    return 1
+
+
+def _chunked(teacher_logits, student_logits, divergence, beta, temperature, chunk):
+    """Values `(..., )` and their closed-form gradient, `chunk` positions at a time."""
+    shape = ops.shape(student_logits)
+    vocab = shape[-1]
+    positions = math.prod(int(d) for d in student_logits.shape[:-1])
+    size = _chunk_length(positions, chunk)
+    teacher = ops.reshape(teacher_logits, (positions // size, size, vocab))
+
+    @ops.custom_gradient
+    def loss(student):
+        chunks = ops.reshape(student, (positions // size, size, vocab))
+
+        def one_chunk(pair):
+            values, direction = _values_and_gradient(
+                pair[0], pair[1], divergence, beta, temperature
+            )
+            return values, ops.cast(direction, student.dtype)
+
+        values, gradient = ops.map(one_chunk, (teacher, chunks))
+
+        def grad(*args, upstream=None):
+            if upstream is None:  # TensorFlow passes it positionally
+                (upstream,) = args
+            upstream = ops.reshape(ops.cast(upstream, "float32"), (-1, size, 1))
+            return ops.reshape(ops.cast(upstream * gradient, student.dtype), shape)
+
+        return ops.reshape(values, shape[:-1]), grad
+
+    return loss(student_logits)
+
+
+def token_divergence(
+    teacher_logits,
+    student_logits,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    chunk_size: int | None = None,
+):
+    """Per-position divergence between teacher and student token distributions.
+
+    `T² * D(softmax(t / T), softmax(s / T))` over the last axis, `D` the
+    forward KL, the reverse KL, or the generalized JSD(beta) (see
+    `keras_kd.losses.tokens`). With `chunk_size`, at most `chunk_size`
+    positions of float32 probabilities exist at once and the gradient with
+    respect to `student_logits` is the closed form; both need the positions'
+    count to be static (the last batch of an epoch may differ: it traces
+    anew).
+
+    Args:
+        teacher_logits: Tensor `(..., vocab)`.
+        student_logits: Tensor of the same shape.
+        divergence: `"forward_kl"`, `"reverse_kl"` or `"jsd"`. Defaults to
+            `"forward_kl"`.
+        beta: JSD's mixing weight in [0, 1]. Defaults to `0.5`.
+        temperature: Positive float T. Defaults to `1.0`.
+        chunk_size: Positions per chunk, or `None` for one pass. Defaults to
+            `None`.
+
+    Returns:
+        A float32 tensor of shape `(...)`.
+
+    Raises:
+        ValueError: for an unknown `divergence`, `beta` outside [0, 1],
+            `temperature <= 0`, a bad `chunk_size`, or different shapes.
+
+    Example:
+
+    >>> import numpy as np, keras_kd
+    >>> t = np.array([[0.0, 0.0]]); s = np.array([[0.0, 0.0]])
+    >>> float(keras_kd.losses.token_divergence(t, s, "reverse_kl")[0])
+    0.0
+    """
+    divergence, beta = check_divergence(divergence, beta)
+    divergence = _effective(divergence, beta)
+    temperature = check_temperature(temperature)
+    if tuple(teacher_logits.shape) != tuple(student_logits.shape):
+        raise ValueError(
+            "`token_divergence` needs teacher and student logits of the same "
+            f"shape (a shared vocabulary), got {tuple(teacher_logits.shape)} "
+            f"and {tuple(student_logits.shape)}."
+        )
+    if chunk_size is not None:
+        check_positive_int(chunk_size, "chunk_size")
+        return _chunked(
+            ops.convert_to_tensor(teacher_logits),
+            ops.convert_to_tensor(student_logits),
+            divergence,
+            beta,
+            temperature,
+            chunk_size,
+        )
+    log_p_t, log_p_s = _log_probs(teacher_logits, student_logits, temperature)
+    return temperature**2 * _divergence(log_p_t, log_p_s, divergence, beta)
+
+
+@keras.saving.register_keras_serializable(package="keras_kd")
+class TokenDivergence(DistillationLoss):
+    """Forward KL, reverse KL or JSD(beta) per token, as a Keras loss.
+
+    For `Distiller.compile(distillation_loss_fn=...)` on logits `(batch,
+    time, vocab)`: the Distiller averages the per-token values over the real
+    tokens (its padding mask and weights). `y_true` holds the teacher's
+    logits and `y_pred` the student's. See `keras_kd.losses.tokens` for the
+    formulas and `keras_kd.losses.token_divergence`.
+
+    Args:
+        divergence: `"forward_kl"`, `"reverse_kl"` or `"jsd"`. Defaults to
+            `"forward_kl"`.
+        beta: JSD's mixing weight in [0, 1] (0: forward KL, 1: reverse KL).
+            Defaults to `0.5`.
+        temperature: Positive float T. Defaults to `1.0`.
+        chunk_size: Positions per chunk (bounded memory at large
+            vocabularies), or `None`. Defaults to `None`.
+        reduction: Keras loss reduction. Defaults to `"sum_over_batch_size"`.
+        name: Loss name. Defaults to `"token_divergence"`.
+        dtype: Dtype of the computation. Defaults to `"float32"`.
+
+    Example:
+
+    ```python
+    distiller.compile(
+        optimizer="adam",
+        alpha=0.5,
+        distillation_loss_fn=keras_kd.losses.TokenDivergence(
+            "jsd", beta=0.5, chunk_size=1024
+        ),
+    )
+    ```
+    """
+
+    def __init__(
+        self,
+        divergence: str = "forward_kl",
+        beta: float = 0.5,
+        temperature: float = 1.0,
+        chunk_size: int | None = None,
+        reduction: str = "sum_over_batch_size",
+        name: str = "token_divergence",
+        dtype: str = "float32",
+    ) -> None:
+        super().__init__(name=name, reduction=reduction, dtype=dtype)
+        self.divergence, self.beta = check_divergence(divergence, beta)
+        self.temperature = check_temperature(temperature)
+        if chunk_size is not None:
+            check_positive_int(chunk_size, "chunk_size")
+        self.chunk_size = chunk_size
+
+    def call(self, y_true, y_pred):
+        return token_divergence(
+            y_true,
+            y_pred,
+            self.divergence,
+            self.beta,
+            self.temperature,
+            self.chunk_size,
+        )
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {
+                "divergence": self.divergence,
+                "beta": self.beta,
+                "temperature": self.temperature,
+                "chunk_size": self.chunk_size,
+            }
+        )
+        return config
