@@ -80,7 +80,8 @@ def check_class_counts(student_classes, teacher_classes) -> None:
         raise ValueError(
             f"The teacher outputs {teacher_classes} classes and the student "
             f"{student_classes}: they must output the same classes, in the "
-            "same order."
+            "same order (for language models: the same vocabulary, from one "
+            "tokenizer; distilling across tokenizers is not supported)."
         )
 
 

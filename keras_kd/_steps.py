@@ -84,7 +84,10 @@ def _torch_train_step(trainer, data):
 
 def _without_gradient(outcome):
     """`outcome` cut from the graph: the logs need its values only."""
-    return keras.tree.map_structure(keras.ops.stop_gradient, outcome)
+    return keras.tree.map_structure(
+        lambda value: None if value is None else keras.ops.stop_gradient(value),
+        outcome,
+    )
 
 
 def _jax_train_step(trainer, state, data):

@@ -102,6 +102,37 @@ def _layout_message(what, shape, logits_shape):
     )
 
 
+PADDING_MASK = "padding_mask"
+
+
+def padding_weights(x, sample_weight, logits):
+    """`sample_weight`, or the inputs' `padding_mask` for per-token logits.
+
+    KerasHub text models take `{"token_ids": ..., "padding_mask": ...}`.
+    Without a `sample_weight`, logits `(batch, time, vocab)` are weighted by
+    `x["padding_mask"]` `(batch, time)`, so that padded tokens count in no
+    loss and no metric; an explicit `sample_weight` wins (KerasHub's
+    preprocessors pass the labels' padding as one). Logits with one position
+    per example (a classifier) ignore the mask: the model pools with it.
+
+    Raises:
+        ValueError: for per-token logits whose time axis is not the mask's.
+    """
+    if sample_weight is not None or not isinstance(x, dict) or PADDING_MASK not in x:
+        return sample_weight
+    if len(logits.shape) != 3:
+        return None
+    mask = x[PADDING_MASK]
+    if tuple(mask.shape[1:]) != tuple(logits.shape[1:2]):
+        raise ValueError(
+            f"The inputs' `{PADDING_MASK}` has shape {tuple(mask.shape)} but the "
+            f"logits {tuple(logits.shape)}: the mask can only weigh logits "
+            "`(batch, time, vocab)` of the same length. Pass the positions' "
+            "weights as `sample_weight` `(batch, time)`."
+        )
+    return ops.cast(mask, "float32")
+
+
 def position_weights(sample_weight, logits):
     """`(weights, per_position)`: float32 weights at the positions.
 
@@ -457,6 +488,7 @@ class Trainer(keras.Model):
             )
         y, label_mask = split_unlabeled(y)
         y_pred = self._label_model(x, training=False)
+        sample_weight = padding_weights(x, sample_weight, y_pred)
         logits = ops.cast(y_pred, "float32")
         weights, per_position = position_weights(sample_weight, logits)
         label = at_positions(call_unreduced(self.student_loss_fn, y, logits), logits)

@@ -346,6 +346,7 @@ class Distiller(_training.Trainer):
         self._check_cacheable(teacher_logits is not None, "Cached teacher logits")
         x, mixup = self.augment(x)
         teacher_logits, teacher_features = self._teacher_pass(x, teacher_logits)
+        sample_weight = _training.padding_weights(x, sample_weight, teacher_logits)
         return _Batch(
             x, y, sample_weight, label_mask, mixup, teacher_logits, teacher_features
         )

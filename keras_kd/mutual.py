@@ -192,6 +192,7 @@ class MutualLearning(_training.Trainer):
     def _loss(self, prepared):
         x, y, sample_weight, label_mask = prepared
         all_logits = [ops.cast(s(x, training=True), "float32") for s in self.students]
+        sample_weight = _training.padding_weights(x, sample_weight, all_logits[0])
         terms, labeled, count = self._mutual_terms(
             all_logits, y, sample_weight, label_mask
         )
@@ -207,11 +208,12 @@ class MutualLearning(_training.Trainer):
             + regularization / _distribute.num_replicas()
         )
         logged_loss = ops.divide_no_nan(weighted_sum, count) + regularization
-        return replica_loss, (all_logits[0], terms, labeled, count, logged_loss)
+        outcome = (all_logits[0], sample_weight, terms, labeled, count, logged_loss)
+        return replica_loss, outcome
 
     def _record(self, prepared, outcome):
-        _, y, sample_weight, label_mask = prepared
-        first_logits, terms, labeled, count, logged_loss = outcome
+        _, y, _, label_mask = prepared
+        first_logits, sample_weight, terms, labeled, count, logged_loss = outcome
         self._loss_tracker.update_state(logged_loss, sample_weight=count)
         for (label_tracker, kl_tracker), (label_sum, kl_sum) in zip(
             self._student_trackers, terms

@@ -142,6 +142,18 @@ def test_vocabularies_of_different_sizes_are_a_value_error():
         token_divergence(TEACHER, np.zeros((2, 6, 8), "float32"))
 
 
+def test_language_models_with_different_vocabularies_are_a_value_error():
+    teacher = language_model(1, 8, "teacher")
+    student = keras.Sequential(
+        [keras.Input((TIME,), dtype="int32"), keras.layers.Embedding(VOCAB, 4)]
+        + [keras.layers.Dense(VOCAB + 1)]
+    )
+    with pytest.raises(
+        ValueError, match=r"outputs 9 classes and the student 10.*vocab"
+    ):
+        keras_kd.Distiller(student=student, teacher=teacher)
+
+
 def test_the_loss_class_round_trips_its_config():
     loss = TokenDivergence("jsd", beta=0.25, temperature=2.0, chunk_size=16)
     again = keras.saving.deserialize_keras_object(

@@ -50,7 +50,7 @@ def frozen_logs(distiller, x, y, sample_weight=None, **compile_kw):
         **compile_kw,
     )
     history = distiller.fit(
-        x, y, sample_weight=sample_weight, batch_size=len(x), shuffle=False, verbose=0
+        x, y, sample_weight=sample_weight, batch_size=len(y), shuffle=False, verbose=0
     )
     return {key: values[-1] for key, values in history.history.items()}
 
@@ -176,6 +176,89 @@ def test_mutual_learning_on_padded_tokens_uses_the_same_reduction(tokens):
     assert logs["student_1_loss"] == pytest.approx(
         (label * w).sum() / w.sum(), rel=1e-5
     )
+
+
+# --- KerasHub-style dict inputs with a padding mask ---------------------------
+
+
+def hub_token_model(seed, name):
+    """`{"token_ids", "padding_mask"}` -> `(batch, time, vocab)`, KerasHub-style."""
+    token_ids = keras.Input((TIME,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input((TIME,), dtype="int32", name="padding_mask")
+    logits = token_model(seed, f"{name}_body")(token_ids)
+    masked = keras.layers.Lambda(lambda pair: pair[0])([logits, padding_mask])
+    return keras.Model(
+        {"token_ids": token_ids, "padding_mask": padding_mask}, masked, name=name
+    )
+
+
+def hub_inputs(x, padding):
+    return {"token_ids": x, "padding_mask": padding.astype("int32")}
+
+
+def test_a_padding_mask_in_dict_inputs_weighs_the_tokens(tokens):
+    x, y, padding = tokens
+    logs = {}
+    for how in ("mask", "sample_weight", "neither"):
+        teacher, student = hub_token_model(1, "teacher"), hub_token_model(2, "student")
+        inputs = hub_inputs(x, padding if how == "mask" else np.ones_like(padding))
+        weights = padding if how == "sample_weight" else None
+        logs[how] = frozen_logs(
+            keras_kd.Distiller(student, teacher), inputs, y, weights
+        )
+    label, kd, _ = hand_positions(token_model(1, "t"), token_model(2, "s"), x, y)
+    w = padding.reshape(-1)
+    expected = ((ALPHA * label + (1 - ALPHA) * kd) * w).sum() / w.sum()
+    assert logs["mask"]["loss"] == pytest.approx(expected, rel=1e-5)
+    assert logs["mask"]["loss"] == pytest.approx(
+        logs["sample_weight"]["loss"], rel=1e-6
+    )
+    assert abs(logs["neither"]["loss"] - expected) > 1e-3
+
+
+def test_evaluate_and_mutual_learning_read_the_padding_mask_too(tokens):
+    x, y, padding = tokens
+    inputs = hub_inputs(x, padding)
+    teacher, student = hub_token_model(1, "teacher"), hub_token_model(2, "student")
+    distiller = keras_kd.Distiller(student, teacher)
+    distiller.compile(optimizer="sgd")
+    masked = distiller.evaluate(inputs, y, verbose=0)
+    weighted = distiller.evaluate(
+        hub_inputs(x, np.ones_like(padding)), y, sample_weight=padding, verbose=0
+    )
+    assert masked == pytest.approx(weighted, rel=1e-6)
+    mutual = keras_kd.MutualLearning([hub_token_model(1, "a"), hub_token_model(2, "b")])
+    mutual.compile(optimizer=keras.optimizers.SGD(0.0), alpha=ALPHA, temperature=1.0)
+    history = mutual.fit(inputs, y, batch_size=BATCH, verbose=0)
+    label, _, _ = hand_positions(token_model(1, "a"), token_model(2, "b"), x, y)
+    w = padding.reshape(-1)
+    assert history.history["student_1_loss"][-1] == pytest.approx(
+        (label * w).sum() / w.sum(), rel=1e-5
+    )
+
+
+def test_a_padding_mask_is_ignored_by_a_classifier_and_checked_on_tokens():
+    token_ids = keras.Input((TIME,), dtype="int32", name="token_ids")
+    padding_mask = keras.Input((TIME,), dtype="int32", name="padding_mask")
+    pooled = keras.layers.GlobalAveragePooling1D()(
+        keras.layers.Embedding(VOCAB, 3)(token_ids)
+    )
+    classifier_model = keras.Model(
+        {"token_ids": token_ids, "padding_mask": padding_mask},
+        keras.layers.Dense(2)(pooled),
+    )
+    x = {
+        "token_ids": np.zeros((2, TIME), "int32"),
+        "padding_mask": np.array([[1, 1, 0, 0]] * 2),
+    }
+    logits = classifier_model(x)
+    assert _training.padding_weights(x, None, logits) is None
+    weights = np.ones((2,), "float32")
+    assert _training.padding_weights(x, weights, logits) is weights
+    with pytest.raises(
+        ValueError, match=r"`padding_mask` has shape \(2, 4\).*\(2, 3, 5\)"
+    ):
+        _training.padding_weights(x, None, np.zeros((2, 3, 5), "float32"))
 
 
 # --- Errors at the first batch -----------------------------------------------
