@@ -5,6 +5,7 @@ import numpy as np
 
 # Rows this close to summing to one, with no negative entry, are probabilities.
 _SUM_TO_ONE_ATOL = 1e-3
+_ROWS_CHECKED = 64
 
 
 def check_model(model, role: str) -> None:
@@ -50,8 +51,16 @@ def num_classes(model):
 
 
 def looks_like_probabilities(values) -> bool:
-    values = np.asarray(keras.ops.convert_to_numpy(values), dtype=np.float64)
-    if values.ndim < 1 or values.size == 0 or values.shape[-1] < 2:
+    """Whether the first rows of `values` (`_ROWS_CHECKED` positions) sum to one.
+
+    Only those rows go to float64: a probe batch of a language model holds
+    `(examples, time, vocab)` logits, far too many to copy whole.
+    """
+    if len(values.shape) < 1 or values.shape[-1] < 2:
+        return False
+    rows = keras.ops.reshape(values, (-1, values.shape[-1]))[:_ROWS_CHECKED]
+    values = np.asarray(keras.ops.convert_to_numpy(rows), dtype=np.float64)
+    if values.size == 0:
         return False
     sums = values.sum(axis=-1)
     return bool(values.min() >= 0.0 and np.allclose(sums, 1.0, atol=_SUM_TO_ONE_ATOL))

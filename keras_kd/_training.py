@@ -27,8 +27,9 @@ from keras import ops
 from keras_kd import _distribute, _steps
 from keras_kd._validation import check_fraction, check_temperature
 
-# Examples that go through both models before `fit`, to check them eagerly.
-_PROBE_SIZE = 16
+# Examples that go through both models before `fit`, to check them eagerly:
+# few, since a language model's probe logits are (examples, time, vocab).
+_PROBE_SIZE = 4
 
 # The temperature of `Distiller.compile` when neither it nor its loss sets one.
 DEFAULT_TEMPERATURE = 3.0

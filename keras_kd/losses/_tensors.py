@@ -81,3 +81,22 @@ def match_spatial(teacher, student, what: str):
     return average_pool(teacher, teacher_factors), average_pool(
         student, student_factors
     )
+
+
+def map_sequentially(fn, elements):
+    """`keras.ops.map(fn, elements)`, one element at a time on every backend.
+
+    `keras.ops.map` on TensorFlow is `tf.map_fn` with its default of 10
+    parallel iterations in graph mode: ten chunks' intermediates at once,
+    which defeats computing in chunks. JAX's `lax.map` and PyTorch's loop
+    are sequential already.
+    """
+    import keras
+
+    if keras.backend.backend() != "tensorflow":
+        return ops.map(fn, elements)
+    import tensorflow as tf
+
+    first = keras.tree.map_structure(lambda x: x[0], elements)
+    signature = keras.tree.map_structure(tf.TensorSpec.from_tensor, fn(first))
+    return tf.map_fn(fn, elements, fn_output_signature=signature, parallel_iterations=1)

@@ -19,14 +19,16 @@ Everything is computed from `log_softmax` in float32, `log m` as
 
 **Chunks.** `token_divergence(..., chunk_size=c)` never holds more than `c`
 positions of float32 `(c, vocab)` probabilities at once: it walks the
-positions in chunks (`keras.ops.map`), computing each chunk's values and
-their gradient with respect to the student's logits in closed form,
+positions in chunks (`keras.ops.map`), computing each chunk's values, and,
+in the backward pass, each chunk's gradient with respect to the student's
+logits anew, in closed form,
 `dL/ds = T * p_s * (g - sum_v p_s g)` with `g = dD/dp_s`
 (`-p_t / p_s`, giving `T (p_s - p_t)`, for the forward KL;
 `log p_s - log p_t` for the reverse KL; `(1 - beta)(log p_s - log m)` for
-the JSD), and keeps that gradient, in the logits' dtype, for the backward
-pass (`keras.ops.custom_gradient`). Autodiff through the unchunked formula
-would keep several float32 copies of the whole `(positions, vocab)` tensor.
+the JSD), in the logits' dtype (`keras.ops.custom_gradient`): the
+softmaxes are computed twice, and the gradient is the one whole tensor
+made. Autodiff through the unchunked formula keeps several float32 copies
+of the whole `(positions, vocab)` tensor.
 
 References:
     Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
@@ -44,7 +46,7 @@ import keras
 from keras import ops
 
 from keras_kd._validation import check_positive_int, check_temperature
-from keras_kd.losses._tensors import float32
+from keras_kd.losses._tensors import float32, map_sequentially
 from keras_kd.losses.base import DistillationLoss
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -95,20 +97,17 @@ def _log_probs(teacher_logits, student_logits, temperature):
     return log_p_t, log_p_s
 
 
-def _values_and_gradient(teacher_logits, student_logits, divergence, beta, temperature):
-    """`(T² D, dL/ds)` at each position, the gradient in closed form."""
+def _gradient(teacher_logits, student_logits, divergence, beta, temperature):
+    """`d(T² D)/ds` at each position, in closed form: `T p_s (g - <p_s, g>)`."""
     log_p_t, log_p_s = _log_probs(teacher_logits, student_logits, temperature)
     p_s = ops.exp(log_p_s)
-    values = _divergence(log_p_t, log_p_s, divergence, beta)
     if divergence == "forward_kl":
-        direction = p_s - ops.exp(log_p_t)
+        return temperature * (p_s - ops.exp(log_p_t))
+    if divergence == "reverse_kl":
+        g = log_p_s - log_p_t
     else:
-        if divergence == "reverse_kl":
-            g = log_p_s - log_p_t
-        else:
-            g = (1.0 - beta) * (log_p_s - _log_mixture(log_p_t, log_p_s, beta))
-        direction = p_s * (g - ops.sum(p_s * g, axis=-1, keepdims=True))
-    return temperature**2 * values, temperature * direction
+        g = (1.0 - beta) * (log_p_s - _log_mixture(log_p_t, log_p_s, beta))
+    return temperature * p_s * (g - ops.sum(p_s * g, axis=-1, keepdims=True))
 
 
 def _chunk_length(length, chunk_size):
@@ -120,30 +119,39 @@ def _chunk_length(length, chunk_size):
 
 
 def _chunked(teacher_logits, student_logits, divergence, beta, temperature, chunk):
-    """Values `(..., )` and their closed-form gradient, `chunk` positions at a time."""
+    """Values `(...)`, `chunk` positions at a time; the gradient likewise.
+
+    The forward pass keeps the values only; the backward pass recomputes
+    each chunk's probabilities for its closed-form gradient, so that no
+    float32 `(positions, vocab)` intermediate is ever whole: the only full
+    tensor made is the gradient itself, in the logits' dtype.
+    """
     shape = ops.shape(student_logits)
     vocab = shape[-1]
     positions = math.prod(int(d) for d in student_logits.shape[:-1])
     size = _chunk_length(positions, chunk)
-    teacher = ops.reshape(teacher_logits, (positions // size, size, vocab))
+    chunked = (positions // size, size, vocab)
+    teacher = ops.reshape(teacher_logits, chunked)
+
+    def chunk_values(pair):
+        log_p_t, log_p_s = _log_probs(pair[0], pair[1], temperature)
+        return temperature**2 * _divergence(log_p_t, log_p_s, divergence, beta)
+
+    def chunk_gradient(triple):
+        direction = _gradient(*triple[:2], divergence, beta, temperature)
+        return ops.cast(triple[2][..., None] * direction, student_logits.dtype)
 
     @ops.custom_gradient
     def loss(student):
-        chunks = ops.reshape(student, (positions // size, size, vocab))
-
-        def one_chunk(pair):
-            values, direction = _values_and_gradient(
-                pair[0], pair[1], divergence, beta, temperature
-            )
-            return values, ops.cast(direction, student.dtype)
-
-        values, gradient = ops.map(one_chunk, (teacher, chunks))
+        chunks = ops.reshape(student, chunked)
+        values = map_sequentially(chunk_values, (teacher, chunks))
 
         def grad(*args, upstream=None):
             if upstream is None:  # TensorFlow passes it positionally
                 (upstream,) = args
-            upstream = ops.reshape(ops.cast(upstream, "float32"), (-1, size, 1))
-            return ops.reshape(ops.cast(upstream * gradient, student.dtype), shape)
+            upstream = ops.reshape(ops.cast(upstream, "float32"), chunked[:2])
+            gradient = map_sequentially(chunk_gradient, (teacher, chunks, upstream))
+            return ops.reshape(gradient, shape)
 
         return ops.reshape(values, shape[:-1]), grad
 

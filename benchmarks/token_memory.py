@@ -1,0 +1,179 @@
+"""Peak memory and time per step of token-level KD at large vocabularies (#14).
+
+Rows, each in its own process:
+
+- `alone`: the student trained alone on the labels (sparse cross-entropy);
+- `unchunked`: `Distiller(alpha=0.5)` with the forward-KL
+  `TokenDivergence` through autodiff;
+- `chunked`: the same with `chunk_size=--chunk` positions.
+
+Peak memory is Linux's high-water mark of the resident set (`VmHWM`), reset
+(`/proc/self/clear_refs`) when training begins (after `fit`'s checks),
+minus the resident set then: the training steps' own memory, tracing
+included.
+
+The student is `Embedding(vocab, 64) -> Dense(vocab)`, the teacher the same
+at width 128, batch x length `--batch x --length` random tokens, Adam; 6
+steps, the time per step is the median of the last 5. Rows are alternated
+over `--repetitions` (rotated order), and the ratios to `alone` are the
+median of the per-repetition ratios.
+
+    python -m benchmarks.token_memory --vocab 32000 256000 --repetitions 3
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROWS = ("alone", "unchunked", "chunked")
+
+
+def language_model(vocab, width, length, name):
+    import keras
+
+    return keras.Sequential(
+        [
+            keras.Input((length,), dtype="int32"),
+            keras.layers.Embedding(vocab, width),
+            keras.layers.Dense(vocab),
+        ],
+        name=name,
+    )
+
+
+def _status_mb(key):
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {key} in /proc/self/status")
+
+
+def reset_peak():
+    """Sets the peak resident set (VmHWM) to the current one (Linux >= 4.0)."""
+    with open("/proc/self/clear_refs", "w") as clear_refs:
+        clear_refs.write("5")
+
+
+class StepTimes:
+    def __init__(self):
+        import keras
+
+        class Callback(keras.callbacks.Callback):
+            def on_train_begin(inner, logs=None):
+                reset_peak()
+                self.before = _status_mb("VmRSS:")
+
+            def on_train_batch_begin(inner, batch, logs=None):
+                inner.start = time.perf_counter()
+
+            def on_train_batch_end(inner, batch, logs=None):
+                self.times.append(time.perf_counter() - inner.start)
+
+        self.times = []
+        self.callback = Callback()
+
+
+def run_row(row, vocab, batch, length, chunk):
+    """`{"peak_mb", "step_s"}` of one row, in this process."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    import keras
+    import numpy as np
+
+    import keras_kd
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    steps = 6
+    x = rng.integers(0, vocab, size=(batch * steps, length)).astype("int32")
+    y = rng.integers(0, vocab, size=(batch * steps, length)).astype("int32")
+    student = language_model(vocab, 64, length, "student")
+    sce = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+    if row == "alone":
+        model = student
+        model.compile(keras.optimizers.Adam(1e-3), sce)
+    else:
+        teacher = language_model(vocab, 128, length, "teacher")
+        loss = keras_kd.losses.TokenDivergence(
+            "forward_kl", chunk_size=chunk if row == "chunked" else None
+        )
+        model = keras_kd.Distiller(student=student, teacher=teacher)
+        model.compile(keras.optimizers.Adam(1e-3), alpha=0.5, distillation_loss_fn=loss)
+    times = StepTimes()
+    model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=[times.callback])
+    peak = _status_mb("VmHWM:") - times.before
+    return {"peak_mb": peak, "step_s": statistics.median(times.times[1:])}
+
+
+def child(row, args):
+    command = [
+        sys.executable,
+        "-m",
+        "benchmarks.token_memory",
+        "--row",
+        row,
+        "--vocab",
+        str(args.vocab[0]),
+        "--batch",
+        str(args.batch),
+        "--length",
+        str(args.length),
+        "--chunk",
+        str(args.chunk),
+    ]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    return json.loads(output.strip().splitlines()[-1])
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 256000])
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--length", type=int, default=128)
+    parser.add_argument("--chunk", type=int, default=64)
+    parser.add_argument("--repetitions", type=int, default=3)
+    parser.add_argument("--row", choices=ROWS, default=None, help="(internal)")
+    args = parser.parse_args(argv)
+    if args.row is not None:
+        print(
+            json.dumps(
+                run_row(args.row, args.vocab[0], args.batch, args.length, args.chunk)
+            )
+        )
+        return
+    print(
+        f"batch {args.batch} x length {args.length}, chunk {args.chunk}, "
+        f"{args.repetitions} repetitions\n"
+    )
+    print("| vocab | row | peak MB (median) | x alone | step s (median) | x alone |")
+    print("|---|---|---|---|---|---|")
+    for vocab in args.vocab:
+        one = argparse.Namespace(**{**vars(args), "vocab": [vocab]})
+        runs = {row: [] for row in ROWS}
+        for repetition in range(args.repetitions):
+            order = ROWS[repetition % 3 :] + ROWS[: repetition % 3]
+            for row in order:
+                runs[row].append(child(row, one))
+            print(f"# vocab {vocab} repetition {repetition}: {runs}", file=sys.stderr)
+        for row in ROWS:
+            memory = [
+                r["peak_mb"] / a["peak_mb"] for r, a in zip(runs[row], runs["alone"])
+            ]
+            speed = [
+                r["step_s"] / a["step_s"] for r, a in zip(runs[row], runs["alone"])
+            ]
+            peak = statistics.median(r["peak_mb"] for r in runs[row])
+            step = statistics.median(r["step_s"] for r in runs[row])
+            print(
+                f"| {vocab} | {row} | {peak:.0f} | {statistics.median(memory):.2f} "
+                f"| {step:.3f} | {statistics.median(speed):.2f} |",
+                flush=True,
+            )
+
+
+if __name__ == "__main__":
+    main()
