@@ -83,20 +83,18 @@ def match_spatial(teacher, student, what: str):
     )
 
 
-def map_sequentially(fn, elements):
-    """`keras.ops.map(fn, elements)`, one element at a time on every backend.
+def after(tensor, previous):
+    """`tensor`, computed only once `previous` is (TensorFlow graphs).
 
-    `keras.ops.map` on TensorFlow is `tf.map_fn` with its default of 10
-    parallel iterations in graph mode: ten chunks' intermediates at once,
-    which defeats computing in chunks. JAX's `lax.map` and PyTorch's loop
-    are sequential already.
+    TensorFlow's executor runs independent ops concurrently: chunks of a
+    computation meant to bound memory would all be in flight at once. JAX
+    and PyTorch run them in program order already.
     """
     import keras
 
-    if keras.backend.backend() != "tensorflow":
-        return ops.map(fn, elements)
+    if previous is None or keras.backend.backend() != "tensorflow":
+        return tensor
     import tensorflow as tf
 
-    first = keras.tree.map_structure(lambda x: x[0], elements)
-    signature = keras.tree.map_structure(tf.TensorSpec.from_tensor, fn(first))
-    return tf.map_fn(fn, elements, fn_output_signature=signature, parallel_iterations=1)
+    with tf.control_dependencies([previous]):
+        return tf.identity(tensor)

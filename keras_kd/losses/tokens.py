@@ -19,7 +19,7 @@ Everything is computed from `log_softmax` in float32, `log m` as
 
 **Chunks.** `token_divergence(..., chunk_size=c)` never holds more than `c`
 positions of float32 `(c, vocab)` probabilities at once: it walks the
-positions in chunks (`keras.ops.map`), computing each chunk's values, and,
+positions in chunks, one after the other, computing each chunk's values, and,
 in the backward pass, each chunk's gradient with respect to the student's
 logits anew, in closed form,
 `dL/ds = T * p_s * (g - sum_v p_s g)` with `g = dD/dp_s`
@@ -46,7 +46,7 @@ import keras
 from keras import ops
 
 from keras_kd._validation import check_positive_int, check_temperature
-from keras_kd.losses._tensors import float32, map_sequentially
+from keras_kd.losses._tensors import after, float32
 from keras_kd.losses.base import DistillationLoss
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
@@ -118,42 +118,59 @@ def _chunk_length(length, chunk_size):
     return 1
 
 
+def _in_turn(compute, tensors, starts, size):
+    """`[compute(*chunks of tensors) for each start]`, each after the last.
+
+    A chunk's inputs are read only once the previous chunk's result exists.
+    """
+    pieces, previous = [], None
+    for i in starts:
+        # Gate the whole tensor, then slice: a slice is a copy, and ungated
+        # slices would all be made at once.
+        chunks = [after(tensor, previous)[i : i + size] for tensor in tensors]
+        previous = compute(*chunks)
+        pieces.append(previous)
+    return pieces
+
+
 def _chunked(teacher_logits, student_logits, divergence, beta, temperature, chunk):
     """Values `(...)`, `chunk` positions at a time; the gradient likewise.
 
     The forward pass keeps the values only; the backward pass recomputes
-    each chunk's probabilities for its closed-form gradient, so that no
-    float32 `(positions, vocab)` intermediate is ever whole: the only full
-    tensor made is the gradient itself, in the logits' dtype.
+    each chunk's probabilities for its closed-form gradient, chunk after
+    chunk, so that no float32 `(positions, vocab)` intermediate is ever
+    whole: the full tensors made are the gradient's chunks and their
+    concatenation, in the logits' dtype.
     """
     shape = ops.shape(student_logits)
     vocab = shape[-1]
     positions = math.prod(int(d) for d in student_logits.shape[:-1])
     size = _chunk_length(positions, chunk)
-    chunked = (positions // size, size, vocab)
-    teacher = ops.reshape(teacher_logits, chunked)
-
-    def chunk_values(pair):
-        log_p_t, log_p_s = _log_probs(pair[0], pair[1], temperature)
-        return temperature**2 * _divergence(log_p_t, log_p_s, divergence, beta)
-
-    def chunk_gradient(triple):
-        direction = _gradient(*triple[:2], divergence, beta, temperature)
-        return ops.cast(triple[2][..., None] * direction, student_logits.dtype)
+    starts = range(0, positions, size)
+    teacher = ops.reshape(teacher_logits, (positions, vocab))
 
     @ops.custom_gradient
     def loss(student):
-        chunks = ops.reshape(student, chunked)
-        values = map_sequentially(chunk_values, (teacher, chunks))
+        flat = ops.reshape(student, (positions, vocab))
+
+        def values(t, s):
+            log_p_t, log_p_s = _log_probs(t, s, temperature)
+            return temperature**2 * _divergence(log_p_t, log_p_s, divergence, beta)
 
         def grad(*args, upstream=None):
             if upstream is None:  # TensorFlow passes it positionally
                 (upstream,) = args
-            upstream = ops.reshape(ops.cast(upstream, "float32"), chunked[:2])
-            gradient = map_sequentially(chunk_gradient, (teacher, chunks, upstream))
-            return ops.reshape(gradient, shape)
+            upstream = ops.reshape(ops.cast(upstream, "float32"), (positions, 1))
 
-        return ops.reshape(values, shape[:-1]), grad
+            def gradient(t, s, up):
+                direction = _gradient(t, s, divergence, beta, temperature)
+                return ops.cast(up * direction, student.dtype)
+
+            pieces = _in_turn(gradient, (teacher, flat, upstream), starts, size)
+            return ops.reshape(ops.concatenate(pieces), shape)
+
+        chunk_values = ops.concatenate(_in_turn(values, (teacher, flat), starts, size))
+        return ops.reshape(chunk_values, shape[:-1]), grad
 
     return loss(student_logits)
 
