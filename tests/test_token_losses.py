@@ -96,7 +96,7 @@ def weighted_sum(divergence, beta, temperature, chunk_size):
 def test_chunks_give_the_values_and_gradient_of_autodiff(
     divergence, beta, temperature, chunk_size
 ):
-    # 12 positions: chunks of 1, 4, 4 (5 does not divide 12) and all 12.
+    # 6 positions per example: chunks of 1, 4 (then 2), 5 (then 1), all 6.
     value, gradient = value_and_gradient(
         weighted_sum(divergence, beta, temperature, None), STUDENT
     )

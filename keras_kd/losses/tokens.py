@@ -18,17 +18,18 @@ Everything is computed from `log_softmax` in float32, `log m` as
 `logaddexp(log beta + log p_t, log(1 - beta) + log p_s)`.
 
 **Chunks.** `token_divergence(..., chunk_size=c)` never holds more than `c`
-positions of float32 `(c, vocab)` probabilities at once: it walks the
-positions in chunks, one after the other, computing each chunk's values, and,
-in the backward pass, each chunk's gradient with respect to the student's
-logits anew, in closed form,
+positions per example of float32 `(batch, c, vocab)` probabilities at once:
+it walks the time axis in chunks, one after the other, computing each
+chunk's values, and, in the backward pass, each chunk's gradient with
+respect to the student's logits anew, in closed form,
 `dL/ds = T * p_s * (g - sum_v p_s g)` with `g = dD/dp_s`
 (`-p_t / p_s`, giving `T (p_s - p_t)`, for the forward KL;
 `log p_s - log p_t` for the reverse KL; `(1 - beta)(log p_s - log m)` for
 the JSD), in the logits' dtype (`keras.ops.custom_gradient`): the
-softmaxes are computed twice, and the gradient is the one whole tensor
-made. Autodiff through the unchunked formula keeps several float32 copies
-of the whole `(positions, vocab)` tensor.
+softmaxes are computed twice, and the gradient's chunks and their
+concatenation are the only whole tensors made. Autodiff through the
+unchunked formula keeps several float32 copies of the whole `(positions,
+vocab)` tensor.
 
 References:
     Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network",
@@ -110,16 +111,8 @@ def _gradient(teacher_logits, student_logits, divergence, beta, temperature):
     return temperature * p_s * (g - ops.sum(p_s * g, axis=-1, keepdims=True))
 
 
-def _chunk_length(length, chunk_size):
-    """The largest divisor of `length` that is at most `chunk_size`."""
-    for size in range(min(chunk_size, length), 0, -1):
-        if length % size == 0:
-            return size
-    return 1
-
-
 def _in_turn(compute, tensors, starts, size):
-    """`[compute(*chunks of tensors) for each start]`, each after the last.
+    """`[compute(*chunks) for each start]` on axis 1, each after the last.
 
     A chunk's inputs are read only once the previous chunk's result exists.
     """
@@ -127,31 +120,32 @@ def _in_turn(compute, tensors, starts, size):
     for i in starts:
         # Gate the whole tensor, then slice: a slice is a copy, and ungated
         # slices would all be made at once.
-        chunks = [after(tensor, previous)[i : i + size] for tensor in tensors]
+        chunks = [after(tensor, previous)[:, i : i + size] for tensor in tensors]
         previous = compute(*chunks)
         pieces.append(previous)
     return pieces
 
 
 def _chunked(teacher_logits, student_logits, divergence, beta, temperature, chunk):
-    """Values `(...)`, `chunk` positions at a time; the gradient likewise.
+    """Values `(batch, ...)`, `chunk` positions per example at a time.
 
-    The forward pass keeps the values only; the backward pass recomputes
-    each chunk's probabilities for its closed-form gradient, chunk after
-    chunk, so that no float32 `(positions, vocab)` intermediate is ever
-    whole: the full tensors made are the gradient's chunks and their
-    concatenation, in the logits' dtype.
+    The positions of each example (all axes but the batch and the vocabulary,
+    flattened) are walked in slices of `chunk`, for the whole batch at once,
+    so the batch size may be dynamic. The forward pass keeps the values
+    only; the backward pass recomputes each chunk's probabilities for its
+    closed-form gradient, chunk after chunk, so that no float32 `(positions,
+    vocab)` intermediate is ever whole: the full tensors made are the
+    gradient's chunks and their concatenation, in the logits' dtype.
     """
     shape = ops.shape(student_logits)
     vocab = shape[-1]
-    positions = math.prod(int(d) for d in student_logits.shape[:-1])
-    size = _chunk_length(positions, chunk)
-    starts = range(0, positions, size)
-    teacher = ops.reshape(teacher_logits, (positions, vocab))
+    positions = math.prod(int(d) for d in student_logits.shape[1:-1])
+    starts = range(0, positions, chunk)
+    teacher = ops.reshape(teacher_logits, (-1, positions, vocab))
 
     @ops.custom_gradient
     def loss(student):
-        flat = ops.reshape(student, (positions, vocab))
+        flat = ops.reshape(student, (-1, positions, vocab))
 
         def values(t, s):
             log_p_t, log_p_s = _log_probs(t, s, temperature)
@@ -160,17 +154,17 @@ def _chunked(teacher_logits, student_logits, divergence, beta, temperature, chun
         def grad(*args, upstream=None):
             if upstream is None:  # TensorFlow passes it positionally
                 (upstream,) = args
-            upstream = ops.reshape(ops.cast(upstream, "float32"), (positions, 1))
+            upstream = ops.reshape(ops.cast(upstream, "float32"), (-1, positions, 1))
 
             def gradient(t, s, up):
                 direction = _gradient(t, s, divergence, beta, temperature)
                 return ops.cast(up * direction, student.dtype)
 
-            pieces = _in_turn(gradient, (teacher, flat, upstream), starts, size)
-            return ops.reshape(ops.concatenate(pieces), shape)
+            pieces = _in_turn(gradient, (teacher, flat, upstream), starts, chunk)
+            return ops.reshape(ops.concatenate(pieces, axis=1), shape)
 
-        chunk_values = ops.concatenate(_in_turn(values, (teacher, flat), starts, size))
-        return ops.reshape(chunk_values, shape[:-1]), grad
+        pieces = _in_turn(values, (teacher, flat), starts, chunk)
+        return ops.reshape(ops.concatenate(pieces, axis=1), shape[:-1]), grad
 
     return loss(student_logits)
 
@@ -187,11 +181,12 @@ def token_divergence(
 
     `T² * D(softmax(t / T), softmax(s / T))` over the last axis, `D` the
     forward KL, the reverse KL, or the generalized JSD(beta) (see
-    `keras_kd.losses.tokens`). With `chunk_size`, at most `chunk_size`
-    positions of float32 probabilities exist at once and the gradient with
-    respect to `student_logits` is the closed form; both need the positions'
-    count to be static (the last batch of an epoch may differ: it traces
-    anew).
+    `keras_kd.losses.tokens`). With `chunk_size`, the positions of each
+    example (the time axis) are walked `chunk_size` at a time for the whole
+    batch: at most `batch * chunk_size` positions of float32 probabilities
+    exist at once, and the gradient with respect to `student_logits` is the
+    closed form. The positions per example must be static (the batch size
+    need not be).
 
     Args:
         teacher_logits: Tensor `(..., vocab)`.
@@ -200,7 +195,8 @@ def token_divergence(
             `"forward_kl"`.
         beta: JSD's mixing weight in [0, 1]. Defaults to `0.5`.
         temperature: Positive float T. Defaults to `1.0`.
-        chunk_size: Positions per chunk, or `None` for one pass. Defaults to
+        chunk_size: Positions per example per chunk, or `None` for one pass.
+            Defaults to
             `None`.
 
     Returns:
@@ -256,7 +252,7 @@ class TokenDivergence(DistillationLoss):
         beta: JSD's mixing weight in [0, 1] (0: forward KL, 1: reverse KL).
             Defaults to `0.5`.
         temperature: Positive float T. Defaults to `1.0`.
-        chunk_size: Positions per chunk (bounded memory at large
+        chunk_size: Positions per example per chunk (bounded memory at large
             vocabularies), or `None`. Defaults to `None`.
         reduction: Keras loss reduction. Defaults to `"sum_over_batch_size"`.
         name: Loss name. Defaults to `"token_divergence"`.
