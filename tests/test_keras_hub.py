@@ -20,18 +20,25 @@ PADDING = np.array([[1] * 8, [1] * 5 + [0] * 3, [1] * 2 + [0] * 6, [1] * 7 + [0]
 TOKEN_IDS = (RNG.integers(1, VOCAB, size=(4, LENGTH)) * PADDING).astype("int32")
 
 
-def causal_lm(layers, hidden, name):
-    keras.utils.set_random_seed(len(name))
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=VOCAB,
+def backbone_config(layers, hidden, name, vocabulary_size=VOCAB):
+    """A tiny transformer's config; dropout 0, as the student trains with
+    `training=True` and the hand computations run the models in inference."""
+    return dict(
+        vocabulary_size=vocabulary_size,
         num_layers=layers,
         num_heads=2,
         hidden_dim=hidden,
         intermediate_dim=2 * hidden,
         max_sequence_length=LENGTH,
-        dropout=0.0,  # the student trains with training=True
+        dropout=0.0,
         name=f"{name}_backbone",
     )
+
+
+def causal_lm(layers, hidden, name, vocabulary_size=VOCAB):
+    keras.utils.set_random_seed(len(name))
+    config = backbone_config(layers, hidden, name, vocabulary_size)
+    backbone = keras_hub.models.GPT2Backbone(**config)
     embedding = backbone.token_embedding.embeddings  # also the tied LM head
     embedding.assign(embedding * 30.0)  # logits of order 1, not float32 noise
     return keras_hub.models.GPT2CausalLM(
@@ -41,16 +48,7 @@ def causal_lm(layers, hidden, name):
 
 def text_classifier(layers, hidden, name):
     keras.utils.set_random_seed(len(name))
-    backbone = keras_hub.models.BertBackbone(
-        vocabulary_size=VOCAB,
-        num_layers=layers,
-        num_heads=2,
-        hidden_dim=hidden,
-        intermediate_dim=2 * hidden,
-        max_sequence_length=LENGTH,
-        dropout=0.0,  # the student trains with training=True
-        name=f"{name}_backbone",
-    )
+    backbone = keras_hub.models.BertBackbone(**backbone_config(layers, hidden, name))
     model = keras_hub.models.BertTextClassifier(
         backbone=backbone, num_classes=3, preprocessor=None, dropout=0.0, name=name
     )
@@ -130,14 +128,6 @@ def test_a_text_classifier_distils_per_example_whatever_the_padding():
 
 def test_causal_lms_with_different_vocabularies_are_rejected():
     teacher = causal_lm(1, 8, "teacher")
-    backbone = keras_hub.models.GPT2Backbone(
-        vocabulary_size=VOCAB + 2,
-        num_layers=1,
-        num_heads=2,
-        hidden_dim=8,
-        intermediate_dim=16,
-        max_sequence_length=LENGTH,
-    )
-    student = keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None)
+    student = causal_lm(1, 8, "student", vocabulary_size=VOCAB + 2)
     with pytest.raises(ValueError, match=r"outputs 40 classes and the student 42"):
         keras_kd.Distiller(student=student, teacher=teacher)
