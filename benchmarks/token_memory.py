@@ -5,7 +5,7 @@ Rows, each in its own process:
 - `alone`: the student trained alone on the labels (sparse cross-entropy);
 - `unchunked`: `Distiller(alpha=0.5)` with the forward-KL
   `TokenDivergence` through autodiff;
-- `chunked`: the same with `chunk_size=--chunk` positions.
+- `chunked`: the same with `chunk_size=--chunk` positions per sequence.
 
 Peak memory is Linux's high-water mark of the resident set (`VmHWM`), reset
 (`/proc/self/clear_refs`) when training begins (after `fit`'s checks),
