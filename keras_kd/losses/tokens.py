@@ -47,8 +47,9 @@ import keras
 from keras import ops
 
 from keras_kd._validation import check_positive_int, check_temperature
-from keras_kd.losses._tensors import after, float32
+from keras_kd.losses._tensors import after
 from keras_kd.losses.base import DistillationLoss
+from keras_kd.losses.logits import tempered_log_softmax
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
 
@@ -93,9 +94,10 @@ def _divergence(log_p_t, log_p_s, divergence, beta):
 
 
 def _log_probs(teacher_logits, student_logits, temperature):
-    log_p_t = ops.log_softmax(float32(teacher_logits) / temperature, axis=-1)
-    log_p_s = ops.log_softmax(float32(student_logits) / temperature, axis=-1)
-    return log_p_t, log_p_s
+    return (
+        tempered_log_softmax(teacher_logits, temperature),
+        tempered_log_softmax(student_logits, temperature),
+    )
 
 
 def _gradient(teacher_logits, student_logits, divergence, beta, temperature):
