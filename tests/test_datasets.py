@@ -1,5 +1,7 @@
 """Tests for keras_kd.datasets: the bundled split, idx files and tfds (mocked)."""
 
+import bz2
+import csv
 import gzip
 import sys
 
@@ -38,6 +40,42 @@ def test_fashion_mnist_names_a_missing_file(tmp_path):
         datasets.load_fashion_mnist()
     with pytest.raises(ValueError, match="source"):
         datasets.load_fashion_mnist(source="web")
+
+
+def write_reviews(path, rows):
+    with bz2.open(path, "wt", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["category", "text", "movie_name", "has_plot_and_reviews"])
+        writer.writerows([category, text, "m", "True"] for category, text in rows)
+
+
+def test_rotten_tomatoes_splits_each_class_80_10_10_without_repeats(tmp_path):
+    rows = [("fresh", f"good {i}") for i in range(60)]
+    rows += [("rotten", f"bad {i}") for i in range(40)]
+    rows += [("plot", "a summary"), ("fresh", " good 3 "), ("rotten", "  ")]
+    rows += [("fresh", "both"), ("rotten", "both")]  # contradictory: dropped
+    path = tmp_path / "reviews.csv.bz2"
+    write_reviews(path, rows)
+    splits = datasets.load_rotten_tomatoes(str(path), seed=1)
+    sizes = [(int(np.sum(y == 1)), int(np.sum(y == 0))) for _, y in splits]
+    assert sizes == [(48, 32), (6, 4), (6, 4)]
+    texts = np.concatenate([x for x, _ in splits]).tolist()
+    assert sorted(texts) == sorted({text.strip() for _, text in rows[:100]})
+    for x, y in splits:  # each text keeps its own label
+        assert all((t.startswith("good")) == bool(label) for t, label in zip(x, y))
+    again = datasets.load_rotten_tomatoes(str(path), seed=1)
+    other = datasets.load_rotten_tomatoes(str(path), seed=2)
+    assert again[2][0].tolist() == splits[2][0].tolist()
+    assert other[2][0].tolist() != splits[2][0].tolist()
+
+
+def test_rotten_tomatoes_names_a_missing_or_empty_file(tmp_path):
+    with pytest.raises(ValueError, match="does not exist"):
+        datasets.load_rotten_tomatoes(str(tmp_path / "none.csv.bz2"))
+    path = tmp_path / "plots.csv.bz2"
+    write_reviews(path, [("plot", "a summary")])
+    with pytest.raises(ValueError, match="fresh"):
+        datasets.load_rotten_tomatoes(str(path))
 
 
 @pytest.mark.parametrize(
