@@ -210,4 +210,6 @@ def load_rotten_tomatoes(path, seed=0):
         raise ValueError(
             f"{path!r} has no rows whose `category` is one of {sorted(_REVIEW_LABELS)}."
         )
-    return tuple((texts[part], labels[part]) for part in _stratified_split(labels, seed))
+    return tuple(
+        (texts[part], labels[part]) for part in _stratified_split(labels, seed)
+    )
