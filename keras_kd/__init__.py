@@ -10,6 +10,7 @@ from keras_kd import (
     merging,
     models,
     mutual,
+    top_k,
     views,
 )
 from keras_kd.caching import attach_teacher_logits, cache_teacher_outputs
@@ -50,10 +51,13 @@ from keras_kd.losses import (
     similarity_preserving_loss,
 )
 from keras_kd.mutual import MutualLearning
+from keras_kd.top_k import TopKTeacherOutputs
 from keras_kd.version import __version__
 from keras_kd.views import ViewCache, cache_teacher_views
 
 __all__ = [
+    "TopKTeacherOutputs",
+    "top_k",
     "ViewCache",
     "views",
     "attach_teacher_logits",

@@ -18,8 +18,9 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_kd import top_k as kd_top_k
 from keras_kd._distribute import on_tensorflow
-from keras_kd._validation import check_positive_int
+from keras_kd._validation import check_positive_int, check_temperature
 
 # Teacher logits computed ahead of training travel inside `x`, next to the
 # inputs, so that they stay matched to their examples under any shuffling.
@@ -88,13 +89,19 @@ def cache_teacher_outputs(
     teacher_outputs="logits",
     jit_compile="auto",
     verbose="auto",
+    top_k=None,
+    temperature=None,
 ):
     """Runs the teacher once over a transfer set and keeps its logits.
 
     For arrays (numpy, or a dict/list of them), returns the logits as an array
-    of shape `(num_examples, num_classes)`, row `i` for example `i`; pass it to
+    of shape `(num_examples, ..., num_classes)` (`(num_examples, time,
+    vocab)` for a language model), row `i` for example `i`; pass it to
     `Distiller.fit(x, y, teacher_logits=logits)`, which keeps every example
-    with its own logits under Keras' shuffling.
+    with its own logits under Keras' shuffling. With `top_k=k`, keeps only
+    the k largest tempered log-probabilities per position and their token
+    ids, a `keras_kd.TopKTeacherOutputs` (see `keras_kd.top_k`), for
+    `Distiller.fit(..., teacher_logits=cache)` with a `TokenDivergence` loss.
 
     For a finite `tf.data.Dataset` of batches (as passed to `fit`: `x`,
     `(x, y)` or `(x, y, sample_weight)`), returns a dataset of single
@@ -128,14 +135,22 @@ def cache_teacher_outputs(
             `"auto"`.
         verbose: `"auto"` or 1 shows a progress bar (as `predict` does),
             0 nothing. Defaults to `"auto"`.
+        top_k: Keep the k most likely tokens per position (arrays only):
+            float16 values, uint16 or int32 indices (`dtype` is for dense
+            caches). Defaults to `None`, the dense logits.
+        temperature: The T of a top-k cache's `log softmax(t / T)`, which the
+            loss must use too. Defaults to `None`: 1.0 for a top-k cache; a
+            dense cache stores raw logits and takes none.
 
     Returns:
-        A numpy array (or memory map) of logits for arrays; a
-        `tf.data.Dataset` of single examples for a dataset.
+        A numpy array (or memory map) of logits for arrays, or a
+        `TopKTeacherOutputs`; a `tf.data.Dataset` of single examples for a
+        dataset.
 
     Raises:
         ValueError: for an infinite or empty dataset, empty arrays, an
-            unknown `dtype`, or a bad `batch_size`.
+            unknown `dtype`, a bad `batch_size` or `top_k`, a top-k cache of
+            a dataset, or a `temperature` without `top_k`.
 
     Example:
 
@@ -161,12 +176,65 @@ def cache_teacher_outputs(
         )
     logits_of = teacher_logits_function(teacher, teacher_outputs, bool(jit_compile))
     verbose = 0 if verbose == 0 else 1
+    if top_k is not None:
+        return _cache_top_k(
+            x, logits_of, batch_size, directory, verbose, top_k, temperature
+        )
+    if temperature is not None:
+        raise ValueError(
+            "`temperature` sets a top-k cache's tempered log-probabilities; "
+            "a dense cache stores the raw logits. Pass `top_k=k` too, or drop "
+            f"`temperature` (got {temperature!r})."
+        )
     if isinstance(x, tf.data.Dataset):
         return _cache_dataset(x, logits_of, dtype, directory, verbose)
-    return _cache_arrays(x, logits_of, batch_size, dtype, directory, verbose)
+    arrays = _cache_arrays(
+        x, logits_of, batch_size, directory, verbose, {"teacher_logits": dtype}
+    )
+    return arrays["teacher_logits"]
 
 
-def _cache_arrays(x, logits_of, batch_size, dtype, directory, verbose):
+def _cache_top_k(x, logits_of, batch_size, directory, verbose, top_k, temperature):
+    """A `TopKTeacherOutputs` of arrays `x`: float16 values, small indices."""
+    if isinstance(x, tf.data.Dataset):
+        raise ValueError(
+            "`top_k` caches arrays (numpy, or a dict/list of them); a "
+            "`tf.data.Dataset` is not supported yet. Cache the dataset's "
+            "arrays, or drop `top_k` for a dense dataset cache."
+        )
+    temperature = check_temperature(1.0 if temperature is None else temperature)
+    check_positive_int(top_k, "top_k")
+    vocabulary = []
+
+    def reduced(batch):
+        logits = logits_of(batch)
+        vocabulary.append(int(logits.shape[-1]))
+        log_probs, indices = kd_top_k.top_k_log_probs(logits, top_k, temperature)
+        return {
+            kd_top_k.LOG_PROBS_KEY: ops.convert_to_numpy(log_probs),
+            kd_top_k.INDICES_KEY: ops.convert_to_numpy(indices).astype(
+                kd_top_k.index_dtype(vocabulary[0])
+            ),
+        }
+
+    # Values in float16; indices in the dtype `reduced` chose for the vocabulary.
+    dtypes = {kd_top_k.LOG_PROBS_KEY: "float16", kd_top_k.INDICES_KEY: None}
+    arrays = _cache_arrays(x, reduced, batch_size, directory, verbose, dtypes)
+    return kd_top_k.TopKTeacherOutputs(
+        arrays[kd_top_k.LOG_PROBS_KEY],
+        arrays[kd_top_k.INDICES_KEY],
+        temperature,
+        vocabulary[0],
+    )
+
+
+def _cache_arrays(x, outputs_of, batch_size, directory, verbose, dtypes):
+    """`{name: array (num_examples, ...)}` of `outputs_of` over `x`'s batches.
+
+    `outputs_of(batch)` returns an array, or a dict of arrays named as
+    `dtypes`; each is stored in its dtype (`None`: the array's own), in
+    memory or, with `directory`, as a read-only memory map `<name>.npy`.
+    """
     count = _num_examples(x)
     if count == 0:
         raise ValueError("`x` is empty: there is nothing to cache.")
@@ -175,24 +243,38 @@ def _cache_arrays(x, logits_of, batch_size, dtype, directory, verbose):
     for start in range(0, count, batch_size):
         rows = slice(start, start + batch_size)
         batch = keras.tree.map_structure(lambda a, rows=rows: a[rows], x)
-        logits = np.asarray(logits_of(batch), dtype)
+        outputs = outputs_of(batch)
+        if not isinstance(outputs, dict):
+            outputs = {name: outputs for name in dtypes}
         if out is None:
-            shape = (count, logits.shape[-1])
-            if directory is None:
-                out = np.empty(shape, dtype)
-            else:
-                path = os.path.join(directory, "teacher_logits.npy")
-                out = np.lib.format.open_memmap(
-                    path, mode="w+", dtype=dtype, shape=shape
-                )
-        out[start : start + len(logits)] = logits
+            out = {
+                name: _empty(count, outputs[name], dtype, directory, name)
+                for name, dtype in dtypes.items()
+            }
+        for name, array in out.items():
+            array[start : start + len(outputs[name])] = np.asarray(outputs[name])
         progress.add(1)
-    if directory is not None:
-        out.flush()
-        path = out.filename
-        del out
-        return np.load(path, mmap_mode="r")
-    return out
+    if directory is None:
+        return out
+    return {name: _reopened(array) for name, array in out.items()}
+
+
+def _empty(count, first, dtype, directory, name):
+    """An array for `count` rows like `first`'s, in memory or as `<name>.npy`."""
+    shape = (count,) + tuple(first.shape[1:])
+    dtype = np.asarray(first).dtype if dtype is None else dtype
+    if directory is None:
+        return np.empty(shape, dtype)
+    path = os.path.join(directory, f"{name}.npy")
+    return np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+
+
+def _reopened(memmap):
+    """A written memory map, flushed and opened again read-only."""
+    memmap.flush()
+    path = memmap.filename
+    del memmap
+    return np.load(path, mmap_mode="r")
 
 
 def _cache_dataset(dataset, logits_of, dtype, directory, verbose):
@@ -262,8 +344,8 @@ def attach_teacher_logits(x, teacher_logits):
 
     Args:
         x: Arrays (numpy, or a dict/list of them).
-        teacher_logits: Array `(num_examples, num_classes)` from
-            `cache_teacher_outputs`.
+        teacher_logits: Array `(num_examples, ..., num_classes)` from
+            `cache_teacher_outputs`, or a `keras_kd.TopKTeacherOutputs`.
 
     Returns:
         A dict that Keras slices, shuffles and batches like any input dict.
@@ -277,17 +359,20 @@ def attach_teacher_logits(x, teacher_logits):
             "the cached dataset with `keras_kd.cache_teacher_outputs(teacher, "
             "dataset)` and pass that to `fit`."
         )
-    if not hasattr(teacher_logits, "shape"):
+    if isinstance(teacher_logits, kd_top_k.TopKTeacherOutputs):
+        teacher_logits = teacher_logits.as_batch_targets()
+    elif not hasattr(teacher_logits, "shape"):
         teacher_logits = np.asarray(teacher_logits)
-    if len(teacher_logits.shape) != 2:
+    rows = kd_top_k.positions_of(teacher_logits)
+    if len(rows.shape) < 2:
         raise ValueError(
-            "`teacher_logits` must have shape (num_examples, num_classes), got "
-            f"{tuple(teacher_logits.shape)}."
+            "`teacher_logits` must have shape (num_examples, ..., num_classes), "
+            f"got {tuple(rows.shape)}."
         )
     count = _num_examples(x)
-    if teacher_logits.shape[0] != count:
+    if rows.shape[0] != count:
         raise ValueError(
-            f"`teacher_logits` has {teacher_logits.shape[0]} rows but `x` has "
+            f"`teacher_logits` has {rows.shape[0]} rows but `x` has "
             f"{count} examples: the cache was built for other data. Rebuild it "
             "with `keras_kd.cache_teacher_outputs(teacher, x)`."
         )

@@ -10,6 +10,7 @@ from keras_kd import _distribute, _models, _objective, _training
 from keras_kd import augmentation as kd_augmentation
 from keras_kd import features as kd_features
 from keras_kd import losses as kd_losses
+from keras_kd import top_k as kd_top_k
 from keras_kd.caching import (
     attach_teacher_logits,
     check_cache_compatible,
@@ -346,7 +347,9 @@ class Distiller(_training.Trainer):
         self._check_cacheable(teacher_logits is not None, "Cached teacher logits")
         x, mixup = self.augment(x)
         teacher_logits, teacher_features = self._teacher_pass(x, teacher_logits)
-        sample_weight = _training.padding_weights(x, sample_weight, teacher_logits)
+        sample_weight = _training.padding_weights(
+            x, sample_weight, kd_top_k.positions_of(teacher_logits)
+        )
         return _Batch(
             x, y, sample_weight, label_mask, mixup, teacher_logits, teacher_features
         )
@@ -394,6 +397,8 @@ class Distiller(_training.Trainer):
             cached_logits = self._as_teacher_logits(outputs)
         elif cached_logits is None:
             cached_logits = self.teacher_logits(x)
+        elif kd_top_k.is_top_k(cached_logits):
+            return kd_top_k.as_tensors(cached_logits), features
         return ops.stop_gradient(ops.cast(cached_logits, "float32")), features
 
     def _student_pass(self, x):
@@ -462,6 +467,13 @@ class Distiller(_training.Trainer):
         `y=None` (and datasets without labels) trains on soft targets alone.
         """
         self._check_cacheable(teacher_logits is not None, "`teacher_logits`")
+        if isinstance(teacher_logits, kd_top_k.TopKTeacherOutputs):
+            kd_top_k.check_top_k_training(
+                teacher_logits,
+                self.distillation_loss_fn,
+                self.temperature,
+                _models.num_classes(self.student),
+            )
         if teacher_logits is not None:
             x = attach_teacher_logits(x, teacher_logits)
         self.check_distribution()
@@ -520,9 +532,12 @@ class Distiller(_training.Trainer):
             self._build_adapters(
                 plan.adapter_widths(teacher_features, student_features)
             )
-        _models.check_outputs(
-            student_logits, teacher_logits, self.teacher_outputs == "logits"
-        )
+        if kd_top_k.is_top_k(teacher_logits):
+            kd_top_k.check_top_k_batch(teacher_logits, student_logits)
+        else:
+            _models.check_outputs(
+                student_logits, teacher_logits, self.teacher_outputs == "logits"
+            )
         _training.check_labels(labels, student_logits)
 
     def get_config(self):

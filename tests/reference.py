@@ -183,6 +183,25 @@ def dist(teacher, student, beta, gamma, temperature):
 def token_divergence(teacher, student, divergence, beta, temperature):
     """T² * D per position: forward KL, reverse KL or TRL's JSD(beta)."""
     lt, ls = log_softmax64(teacher, temperature), log_softmax64(student, temperature)
+    return temperature**2 * divergence_of_log_probs(lt, ls, divergence, beta)
+
+
+def top_k_divergence(teacher, student, k, divergence, beta, temperature, rest):
+    """T² * D on the teacher's top-k tokens and, for "bucket", the rest's mass."""
+    lt, ls = log_softmax64(teacher, temperature), log_softmax64(student, temperature)
+    top = np.argsort(-lt, axis=-1)[..., :k]
+    pt, ps = (np.take_along_axis(np.exp(lp), top, -1) for lp in (lt, ls))
+    if rest == "bucket":
+        pt = np.concatenate([pt, 1 - pt.sum(-1, keepdims=True)], -1)
+        ps = np.concatenate([ps, 1 - ps.sum(-1, keepdims=True)], -1)
+    else:
+        pt, ps = pt / pt.sum(-1, keepdims=True), ps / ps.sum(-1, keepdims=True)
+    value = divergence_of_log_probs(np.log(pt), np.log(ps), divergence, beta)
+    return temperature**2 * value
+
+
+def divergence_of_log_probs(lt, ls, divergence, beta):
+    """D(p_t, p_s) on the last axis, in float64."""
     pt, ps = np.exp(lt), np.exp(ls)
     if divergence == "jsd" and beta == 0.0:
         divergence = "forward_kl"
@@ -197,4 +216,4 @@ def token_divergence(teacher, student, divergence, beta, temperature):
         value = beta * (pt * (lt - log_m)).sum(-1) + (1 - beta) * (
             ps * (ls - log_m)
         ).sum(-1)
-    return temperature**2 * value
+    return value

@@ -10,7 +10,8 @@
   similarity preservation (`similarity_preserving_loss`,
   `SimilarityPreserving`), per batch;
 - `tokens`: forward KL, reverse KL and JSD(beta) per token of a language
-  model (`token_divergence`, `TokenDivergence`), in chunks if asked;
+  model (`token_divergence`, `TokenDivergence`), in chunks if asked, and
+  against a top-k teacher cache (`top_k_divergence`);
 - `base`: the two base types, `DistillationLoss` and `FeatureLoss`.
 """
 
@@ -38,7 +39,11 @@ from keras_kd.losses.relations import (
     rkd_distance_loss,
     similarity_preserving_loss,
 )
-from keras_kd.losses.tokens import TokenDivergence, token_divergence
+from keras_kd.losses.tokens import (
+    TokenDivergence,
+    token_divergence,
+    top_k_divergence,
+)
 
 __all__ = [
     "DIST",
@@ -58,6 +63,7 @@ __all__ = [
     "hint_loss",
     "kd_loss",
     "pearson_correlation",
+    "top_k_divergence",
     "rkd_angle_loss",
     "rkd_distance_loss",
     "similarity_preserving_loss",

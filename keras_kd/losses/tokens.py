@@ -50,8 +50,13 @@ from keras_kd._validation import check_positive_int, check_temperature
 from keras_kd.losses._tensors import after
 from keras_kd.losses.base import DistillationLoss
 from keras_kd.losses.logits import tempered_log_softmax
+from keras_kd.top_k import INDICES_KEY, LOG_PROBS_KEY, is_top_k
 
 DIVERGENCES = ("forward_kl", "reverse_kl", "jsd")
+TOP_K_RESTS = ("bucket", "renormalize")
+# The smallest "rest" mass a top-k bucket holds: float32's resolution of
+# `1 - sum p_i`, so that `log(rest)` and its gradient stay finite.
+_MIN_REST = 1e-7
 
 
 def check_divergence(divergence, beta):
@@ -238,6 +243,87 @@ def token_divergence(
     return temperature**2 * _divergence(log_p_t, log_p_s, divergence, beta)
 
 
+def _log_rest(log_probs):
+    """`log(1 - sum_i exp(log_probs_i))` on the last axis, keepdims.
+
+    `log1mexp(x) = log(-expm1(x))` for `x > -log 2`, `log1p(-exp(x))` below,
+    each branch fed only inputs where it is finite (so that `where` passes
+    finite gradients); the rest mass is floored at `_MIN_REST`.
+    """
+    total = ops.logsumexp(log_probs, axis=-1, keepdims=True)
+    total = ops.minimum(total, math.log1p(-_MIN_REST))
+    near_one = ops.log(-ops.expm1(ops.maximum(total, -math.log(2.0))))
+    far = ops.log1p(-ops.exp(ops.minimum(total, -math.log(2.0))))
+    return ops.where(total > -math.log(2.0), near_one, far)
+
+
+def _top_k_buckets(log_probs, rest):
+    """The k log-probabilities with the rest bucket appended, or renormalized."""
+    if rest == "renormalize":
+        return log_probs - ops.logsumexp(log_probs, axis=-1, keepdims=True)
+    return ops.concatenate([log_probs, _log_rest(log_probs)], axis=-1)
+
+
+def check_top_k_rest(rest):
+    if rest not in TOP_K_RESTS:
+        raise ValueError(f"`top_k_rest` must be one of {TOP_K_RESTS}, got {rest!r}.")
+    return rest
+
+
+def top_k_divergence(
+    teacher_log_probs,
+    teacher_indices,
+    student_logits,
+    divergence: str = "forward_kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    rest: str = "bucket",
+):
+    """Per-position divergence against a top-k teacher cache.
+
+    With `a_i` the teacher's cached `log softmax(t / T)` at its top-k tokens
+    `i` and `b_i = log softmax(s / T)_i` the student's at the same tokens:
+    `T² * D(P, Q)`, `D` as in `token_divergence`, on
+
+    - `rest="bucket"`: `P = (exp a_1 .. exp a_k, 1 - sum exp a_i)` and
+      `Q = (exp b_1 .. exp b_k, 1 - sum exp b_i)`, k + 1 probabilities;
+    - `rest="renormalize"`: `P = softmax(a)` and `Q = softmax(b)` over the
+      k tokens.
+
+    Args:
+        teacher_log_probs: `(..., k)` float (float16 in a cache).
+        teacher_indices: `(..., k)` integer token ids.
+        student_logits: `(..., vocab)`.
+        divergence: `"forward_kl"`, `"reverse_kl"` or `"jsd"`. Defaults to
+            `"forward_kl"`.
+        beta: JSD's mixing weight in [0, 1]. Defaults to `0.5`.
+        temperature: The cache's temperature T. Defaults to `1.0`.
+        rest: `"bucket"` or `"renormalize"`. Defaults to `"bucket"`.
+
+    Returns:
+        A float32 tensor of shape `(...)`.
+
+    Raises:
+        ValueError: for bad arguments, or teacher and student positions that
+            differ.
+    """
+    divergence, beta = check_divergence(divergence, beta)
+    divergence = _effective(divergence, beta)
+    temperature = check_temperature(temperature)
+    rest = check_top_k_rest(rest)
+    if tuple(teacher_log_probs.shape[:-1]) != tuple(student_logits.shape[:-1]):
+        raise ValueError(
+            "The top-k cache and the student's logits must have the same "
+            f"positions, got {tuple(teacher_log_probs.shape)} and "
+            f"{tuple(student_logits.shape)}."
+        )
+    log_q = tempered_log_softmax(student_logits, temperature)
+    at_top_k = ops.take_along_axis(log_q, ops.cast(teacher_indices, "int32"), axis=-1)
+    log_p = ops.cast(teacher_log_probs, "float32")
+    buckets = _top_k_buckets(log_p, rest), _top_k_buckets(at_top_k, rest)
+    return temperature**2 * _divergence(*buckets, divergence, beta)
+
+
 @keras.saving.register_keras_serializable(package="keras_kd")
 class TokenDivergence(DistillationLoss):
     """Forward KL, reverse KL or JSD(beta) per token, as a Keras loss.
@@ -255,7 +341,11 @@ class TokenDivergence(DistillationLoss):
             Defaults to `0.5`.
         temperature: Positive float T. Defaults to `1.0`.
         chunk_size: Positions per example per chunk (bounded memory at large
-            vocabularies), or `None`. Defaults to `None`.
+            vocabularies), or `None`. Defaults to `None`. Top-k targets are
+            not chunked.
+        top_k_rest: How a top-k teacher cache (`keras_kd.top_k`) is
+            compared: `"bucket"` (the k tokens and the rest's mass) or
+            `"renormalize"` (the k tokens only). Defaults to `"bucket"`.
         reduction: Keras loss reduction. Defaults to `"sum_over_batch_size"`.
         name: Loss name. Defaults to `"token_divergence"`.
         dtype: Dtype of the computation. Defaults to `"float32"`.
@@ -279,6 +369,7 @@ class TokenDivergence(DistillationLoss):
         beta: float = 0.5,
         temperature: float = 1.0,
         chunk_size: int | None = None,
+        top_k_rest: str = "bucket",
         reduction: str = "sum_over_batch_size",
         name: str = "token_divergence",
         dtype: str = "float32",
@@ -289,8 +380,19 @@ class TokenDivergence(DistillationLoss):
         if chunk_size is not None:
             check_positive_int(chunk_size, "chunk_size")
         self.chunk_size = chunk_size
+        self.top_k_rest = check_top_k_rest(top_k_rest)
 
     def call(self, y_true, y_pred):
+        if is_top_k(y_true):
+            return top_k_divergence(
+                y_true[LOG_PROBS_KEY],
+                y_true[INDICES_KEY],
+                y_pred,
+                self.divergence,
+                self.beta,
+                self.temperature,
+                self.top_k_rest,
+            )
         return token_divergence(
             y_true,
             y_pred,
@@ -308,6 +410,7 @@ class TokenDivergence(DistillationLoss):
                 "beta": self.beta,
                 "temperature": self.temperature,
                 "chunk_size": self.chunk_size,
+                "top_k_rest": self.top_k_rest,
             }
         )
         return config
