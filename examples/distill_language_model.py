@@ -31,7 +31,6 @@ as JSON.
 """
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -39,6 +38,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
+from _text_training import (  # noqa: E402
+    BATCH_SIZE,
+    adamw,
+    keras_hub_module,
+    record,
+    shuffled_batches,
+)
 
 import keras_kd  # noqa: E402
 from keras_kd.losses import TokenDivergence  # noqa: E402
@@ -49,7 +55,6 @@ ARTIFACTS = os.path.join(ROOT, "artifacts", "language_model")
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 RESERVED = ["[PAD]", "[UNK]", "[BOS]", "[NL]"]
 NEWLINE = RESERVED.index("[NL]")
-BATCH_SIZE = 32
 # method: (divergence, top_k, rest)
 METHODS = {
     "scratch": None,
@@ -60,16 +65,6 @@ METHODS = {
     "top_k_32": ("forward_kl", 32, "bucket"),
     "top_k_32_renormalized": ("forward_kl", 32, "renormalize"),
 }
-
-
-def keras_hub_module():
-    try:
-        import keras_hub
-    except ImportError as error:
-        raise SystemExit(
-            "This example needs KerasHub: pip install -e '.[hub]'"
-        ) from error
-    return keras_hub
 
 
 def lines_of(works):
@@ -137,26 +132,6 @@ def causal_lm(vocabulary_size, layers, hidden, length, name, seed):
     )
 
 
-def optimizer(learning_rate, epochs, examples):
-    """AdamW, linear warm-up over 5% of the steps, then cosine decay."""
-    total = epochs * -(-examples // BATCH_SIZE)
-    warmup = max(1, total // 20)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, total - warmup, warmup_target=learning_rate, warmup_steps=warmup
-    )
-    return keras.optimizers.AdamW(schedule, weight_decay=0.01)
-
-
-def shuffled(data, seed):
-    """A dataset reshuffled every epoch: a KerasHub task's `fit` on arrays
-    never shuffles them."""
-    return (
-        tf.data.Dataset.from_tensor_slices(data)
-        .shuffle(len(data[1]), seed=seed, reshuffle_each_iteration=True)
-        .batch(BATCH_SIZE)
-    )
-
-
 def perplexity(model, x, y):
     """`exp` of the mean next-token cross-entropy over every position."""
     model.compile(loss=SCE)
@@ -169,9 +144,11 @@ def trained_teacher(args, vocabulary_size, train):
         return keras.saving.load_model(args.teacher_path)
     teacher = causal_lm(vocabulary_size, 4, 256, args.length, "teacher", seed=0)
     teacher.compile(
-        optimizer(args.teacher_learning_rate, args.teacher_epochs, len(train[1])), SCE
+        adamw(args.teacher_learning_rate, args.teacher_epochs, len(train[1]), 0.05), SCE
     )
-    teacher.fit(shuffled(train, 0), epochs=args.teacher_epochs, verbose=args.verbose)
+    teacher.fit(
+        shuffled_batches(train, 0), epochs=args.teacher_epochs, verbose=args.verbose
+    )
     teacher.save(args.teacher_path)
     return teacher
 
@@ -208,17 +185,17 @@ def cache_bytes(cache):
 def trained_student(args, method, teacher, cache, vocabulary_size, train, seed):
     student = causal_lm(vocabulary_size, 2, 128, args.length, "student", seed)
     fit = dict(epochs=args.epochs, verbose=args.verbose)
-    adamw = optimizer(args.learning_rate, args.epochs, len(train[1]))
+    optimizer = adamw(args.learning_rate, args.epochs, len(train[1]), 0.05)
     if METHODS[method] is None:
-        student.compile(adamw, SCE)
-        student.fit(shuffled(train, seed), **fit)
+        student.compile(optimizer, SCE)
+        student.fit(shuffled_batches(train, seed), **fit)
         return student
     divergence, _, rest = METHODS[method]
     loss = TokenDivergence(
         divergence, beta=0.5, temperature=args.temperature, top_k_rest=rest or "bucket"
     )
     distiller = keras_kd.Distiller(student=student, teacher=teacher)
-    distiller.compile(optimizer=adamw, alpha=args.alpha, distillation_loss_fn=loss)
+    distiller.compile(optimizer=optimizer, alpha=args.alpha, distillation_loss_fn=loss)
     distiller.fit(*train, teacher_logits=cache, batch_size=BATCH_SIZE, **fit)
     return student
 
@@ -330,11 +307,7 @@ def main(argv=None):
             )
             if seed == args.seeds[0]:
                 run["sample"] = sample(student, tokenizer, prompt, 64, seed)
-            results["runs"].append(run)
-            print(run, flush=True)
-            if args.output:
-                with open(args.output, "w") as handle:
-                    json.dump(results, handle, indent=1)
+            record(results, run, args.output)
     return results
 
 

