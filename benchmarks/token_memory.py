@@ -21,6 +21,12 @@ over `--repetitions` (rotated order), and the ratios to `alone` are the
 median of the per-repetition ratios.
 
     python -m benchmarks.token_memory --vocab 32000 256000 --repetitions 3
+
+`--cache-sizes` instead prints the bytes per token of the teacher caches
+(`cache_teacher_outputs` on the same batch: dense float16, and top-k at
+`--top-k`), read off the arrays themselves:
+
+    python -m benchmarks.token_memory --vocab 4096 32000 256000 --cache-sizes
 """
 
 import argparse
@@ -137,6 +143,30 @@ def child(row, args):
     return json.loads(output.strip().splitlines()[-1])
 
 
+def cache_sizes(vocabularies, batch, length, ks):
+    """Prints bytes per token of dense and top-k caches, per vocabulary."""
+    import numpy as np
+
+    import keras_kd
+
+    print("| vocab | cache | bytes per token | x dense float16 |")
+    print("|---|---|---|---|")
+    for vocab in vocabularies:
+        teacher = language_model(vocab, 128, length, "teacher")
+        x = np.random.default_rng(0).integers(0, vocab, size=(batch, length))
+        tokens = batch * length
+        dense = keras_kd.cache_teacher_outputs(teacher, x, dtype="float16", verbose=0)
+        print(f"| {vocab} | dense float16 | {dense.nbytes / tokens:.0f} | 1 |")
+        for k in ks:
+            cache = keras_kd.cache_teacher_outputs(teacher, x, top_k=k, verbose=0)
+            assert cache.dense_nbytes("float16") == dense.nbytes
+            print(
+                f"| {vocab} | top-{k} ({cache.indices.dtype} ids) "
+                f"| {cache.nbytes / tokens:.0f} | {cache.nbytes / dense.nbytes:.4f} |",
+                flush=True,
+            )
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--vocab", type=int, nargs="+", default=[32000, 256000])
@@ -145,7 +175,12 @@ def main(argv=None):
     parser.add_argument("--chunk", type=int, default=64)
     parser.add_argument("--repetitions", type=int, default=3)
     parser.add_argument("--row", choices=ROWS, default=None, help="(internal)")
+    parser.add_argument("--cache-sizes", action="store_true")
+    parser.add_argument("--top-k", type=int, nargs="+", default=[8, 32])
     args = parser.parse_args(argv)
+    if args.cache_sizes:
+        cache_sizes(args.vocab, args.batch, args.length, args.top_k)
+        return
     if args.row is not None:
         print(
             json.dumps(
