@@ -131,3 +131,33 @@ def test_causal_lms_with_different_vocabularies_are_rejected():
     student = causal_lm(1, 8, "student", vocabulary_size=VOCAB + 2)
     with pytest.raises(ValueError, match=r"outputs 40 classes and the student 42"):
         keras_kd.Distiller(student=student, teacher=teacher)
+
+
+def test_a_hint_names_a_layer_inside_each_keras_hub_backbone():
+    # Both classifiers pool to width 16, so the hint needs no adapter: it is
+    # the mean squared difference of the backbones' pooled outputs.
+    teacher = text_classifier(2, 16, "teacher")
+    student = text_classifier(1, 16, "student")
+    x = {
+        "token_ids": TOKEN_IDS,
+        "padding_mask": PADDING.astype("int32"),
+        "segment_ids": np.zeros_like(TOKEN_IDS),
+    }
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    hint = keras_kd.losses.HintLoss(
+        "teacher_backbone/pooled_dense", "student_backbone/pooled_dense", adapter=False
+    )
+    distiller.compile(
+        optimizer=keras.optimizers.SGD(0.0), alpha=0.5, feature_losses=[hint]
+    )
+    logs = one_frozen_step(distiller, x, np.array([0, 1, 2, 1]))
+    pooled_t = numpy(teacher.backbone(x)["pooled_output"])
+    pooled_s = numpy(student.backbone(x)["pooled_output"])
+    want = reference.hint(pooled_t, pooled_s).mean()
+    assert want > 1e-3
+    assert logs["hint_loss"] == pytest.approx(want, rel=1e-4)
+    with pytest.raises(ValueError, match="student_backbone/pooled_dense"):
+        wrong = keras_kd.losses.HintLoss(
+            "teacher_backbone/pooled_dense", "student_backbone/no_such_layer"
+        )
+        distiller.compile(optimizer="sgd", feature_losses=[wrong])
