@@ -115,6 +115,41 @@ def check_pair(student, teacher, teacher_gives_logits: bool) -> None:
     classes = (num_classes(student), num_classes(teacher))
     if None not in classes:
         check_class_counts(*classes)
+    check_shared_tokenizer(student, teacher)
+
+
+def _vocabulary(model):
+    """The vocabulary of a KerasHub task's own tokenizer, or None."""
+    tokenizer = getattr(getattr(model, "preprocessor", None), "tokenizer", None)
+    get_vocabulary = getattr(tokenizer, "get_vocabulary", None)
+    return None if get_vocabulary is None else list(get_vocabulary())
+
+
+def check_shared_tokenizer(student, teacher) -> None:
+    """`ValueError` if both models carry tokenizers with other vocabularies.
+
+    Token id `i` must mean the same token to both models, or matching their
+    distributions is wrong even when the vocabulary sizes agree.
+    """
+    vocabularies = _vocabulary(student), _vocabulary(teacher)
+    if None in vocabularies or vocabularies[0] == vocabularies[1]:
+        return
+    student_tokens, teacher_tokens = vocabularies
+    first = next(
+        (
+            i
+            for i, pair in enumerate(zip(student_tokens, teacher_tokens))
+            if len(set(pair)) > 1
+        ),
+        min(len(student_tokens), len(teacher_tokens)),
+    )
+    raise ValueError(
+        "The teacher's and the student's tokenizers have different "
+        f"vocabularies ({len(teacher_tokens)} and {len(student_tokens)} tokens; "
+        f"they first differ at id {first}): token ids would mean different "
+        "tokens to the two models. Distil between models that share one "
+        "tokenizer; distilling across tokenizers is not supported."
+    )
 
 
 def check_outputs(student_logits, teacher_logits, teacher_gives_logits: bool):

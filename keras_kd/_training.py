@@ -333,8 +333,28 @@ def check_labels(y, logits) -> None:
         )
 
 
+def _holds_text(inputs):
+    return any(
+        getattr(getattr(leaf, "dtype", None), "kind", None) in ("U", "S", "O")
+        or getattr(leaf, "dtype", None) == "string"
+        for leaf in keras.tree.flatten(inputs)
+    )
+
+
 def forward(model, inputs, role: str):
-    """`model(inputs, training=False)`, re-raising a failure as a `ValueError`."""
+    """`model(inputs, training=False)`, re-raising a failure as a `ValueError`.
+
+    String inputs are refused first: the Distiller calls both models on
+    token ids and never runs a KerasHub task's own `preprocessor`.
+    """
+    if _holds_text(inputs):
+        raise ValueError(
+            f"The {role} got string inputs, but the Distiller calls the models "
+            "on token ids and never runs their own preprocessors. Preprocess "
+            "once, in the data pipeline, with the preprocessor both models "
+            "share: `x = student.preprocessor(texts)` for arrays, or "
+            "`dataset.map(student.preprocessor)`."
+        )
     try:
         return model(inputs, training=False)
     except Exception as error:

@@ -161,3 +161,46 @@ def test_a_hint_names_a_layer_inside_each_keras_hub_backbone():
             "teacher_backbone/pooled_dense", "student_backbone/no_such_layer"
         )
         distiller.compile(optimizer="sgd", feature_losses=[wrong])
+
+
+WORDS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "good", "bad", "film"]
+
+
+def classifier_with_preprocessor(name, vocabulary=WORDS):
+    tokenizer = keras_hub.models.BertTokenizer(vocabulary=vocabulary)
+    preprocessor = keras_hub.models.BertTextClassifierPreprocessor(
+        tokenizer, sequence_length=LENGTH
+    )
+    backbone = keras_hub.models.BertBackbone(
+        **backbone_config(1, 8, name, vocabulary_size=len(vocabulary))
+    )
+    return keras_hub.models.BertTextClassifier(
+        backbone=backbone, num_classes=2, preprocessor=preprocessor, name=name
+    )
+
+
+def test_own_preprocessors_are_not_run_strings_are_refused_with_the_fix():
+    teacher = classifier_with_preprocessor("teacher")
+    student = classifier_with_preprocessor("student")
+    texts, labels = (
+        np.array(["good film", "bad film", "good", "bad"]),
+        np.array([1, 0, 1, 0]),
+    )
+    distiller = keras_kd.Distiller(student=student, teacher=teacher)
+    distiller.compile(optimizer="adam")
+    with pytest.raises(ValueError, match=r"string inputs.*student\.preprocessor"):
+        distiller.fit(texts, labels, verbose=0)
+    # The fix the message gives: preprocess once, with the shared preprocessor.
+    x = keras.tree.map_structure(
+        keras.ops.convert_to_numpy, student.preprocessor(texts)
+    )
+    history = distiller.fit(x, labels, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+
+def test_tokenizers_with_other_vocabularies_are_rejected_at_construction():
+    teacher = classifier_with_preprocessor("teacher")
+    swapped = WORDS[:5] + ["bad", "good", "film"]  # same size, ids 5 and 6 swapped
+    student = classifier_with_preprocessor("student", vocabulary=swapped)
+    with pytest.raises(ValueError, match="first differ at id 5"):
+        keras_kd.Distiller(student=student, teacher=teacher)
