@@ -105,6 +105,23 @@ class TopKTeacherOutputs(NamedTuple):
         """Bytes held: values and indices."""
         return int(self.log_probs.nbytes + self.indices.nbytes)
 
+    def covered_mass(self, rows_per_block=1024):
+        """The mean over positions of `sum_i p_t,i`: the share of the
+        teacher's tempered probability that the k tokens hold.
+
+        Near 1, the cache is the teacher's distribution; far below, the rest
+        bucket (or renormalization) stands for much of it: a larger `k`, or
+        a dense cache, is then worth its size (RESULTS.md measures one such
+        case). Read in blocks of rows, so a memory-mapped cache is not
+        loaded whole.
+        """
+        total, count = 0.0, 0
+        for start in range(0, len(self.log_probs), rows_per_block):
+            block = np.asarray(self.log_probs[start : start + rows_per_block])
+            mass = np.exp(block.astype("float64")).sum(axis=-1)
+            total, count = total + mass.sum(), count + mass.size
+        return total / count
+
     def dense_nbytes(self, dtype="float16"):
         """Bytes of the dense cache of the same positions, in `dtype`."""
         positions = int(np.prod(self.log_probs.shape[:-1]))

@@ -75,6 +75,9 @@ def test_the_cache_keeps_the_top_k_in_float16_with_small_indices(tmp_path):
     np.testing.assert_allclose(
         cache.log_probs, np.sort(full, -1)[..., ::-1][..., :K], atol=4e-3
     )
+    mass = np.sort(np.exp(full), -1)[..., ::-1][..., :K].sum(-1).mean()
+    assert 0.1 < mass < 0.99  # the top k hold part of the mass, not all
+    assert cache.covered_mass(rows_per_block=3) == pytest.approx(mass, abs=2e-3)
     assert cache.nbytes == 10 * TIME * K * (2 + 2)
     assert cache.dense_nbytes("float16") == 10 * TIME * VOCAB * 2
     on_disk = keras_kd.cache_teacher_outputs(
