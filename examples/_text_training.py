@@ -50,9 +50,14 @@ def adamw(learning_rate, epochs, examples, warmup_fraction):
 
 
 def record(results, run, output):
-    """Appends `run` to `results["runs"]`, prints it, and rewrites `output`."""
+    """Appends `run` to `results["runs"]`, prints it, and saves `results`."""
     results["runs"].append(run)
     print(run, flush=True)
+    save(results, output)
+
+
+def save(results, output):
+    """Writes `results` as JSON to `output`, if given."""
     if output:
         with open(output, "w") as handle:
             json.dump(results, handle, indent=1)

@@ -51,6 +51,7 @@ from _text_training import (  # noqa: E402
     adamw,
     keras_hub_module,
     record,
+    save,
     shuffled_batches,
 )
 
@@ -223,6 +224,11 @@ def parse_args(argv):
     parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--output", default=None, help="JSON results file")
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="size and LiteRT latency of the teacher and the first seed's students",
+    )
     parser.add_argument("--verbose", type=int, default=2)
     return parser.parse_args(argv)
 
@@ -254,12 +260,15 @@ def main(argv=None):
         for method, data in transfer.items()
         if method in args.methods and method != "hints"
     }
+    reported = {"teacher": teacher}
     for seed in args.seeds:
         for method in args.methods:
             data = transfer.get(method, train)
             student = train_student(
                 args, method, teacher, logits.get(method), seed, data
             )
+            if seed == args.seeds[0]:
+                reported[f"student ({method})"] = student
             run = dict(
                 seed=seed,
                 method=method,
@@ -268,6 +277,11 @@ def main(argv=None):
                 test=accuracy(student, *test),
             )
             record(results, run, args.output)
+    if args.report:
+        rows = keras_kd.compression_report(reported, *test, latency_runs=50)
+        results["report"] = rows
+        print(keras_kd.format_report(rows), flush=True)
+        save(results, args.output)
     return results
 
 

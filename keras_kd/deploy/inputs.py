@@ -2,8 +2,10 @@
 
 The model to export (a `Distiller`'s student), whether it is built, and the
 example inputs, read from an array or a `tf.data.Dataset` and checked
-against the model's single input shape; `keras_outputs` is the Keras side
-that every exported artifact is compared with.
+against the model's single input shape, or, for a model of named inputs (a
+KerasHub task: `token_ids`, `padding_mask`, ...), a dict of arrays with one
+per input; `keras_outputs` is the Keras side that every exported artifact is
+compared with.
 """
 
 import keras
@@ -48,12 +50,55 @@ def _single_input_shape(model):
     return tuple(inputs[0].shape[1:])
 
 
+def input_names(model):
+    """The names of a model's dict inputs, sorted, or None for other inputs."""
+    try:
+        structure = model.input
+    except (AttributeError, ValueError):  # subclassed models have no graph input
+        return None
+    return sorted(structure) if isinstance(structure, dict) else None
+
+
+def num_examples(x):
+    """The examples in `x`: an array, or a dict of arrays."""
+    return len(next(iter(x.values()))) if isinstance(x, dict) else len(x)
+
+
+def rows(x, start, stop):
+    """Examples `start:stop` of an array or a dict of arrays."""
+    return keras.tree.map_structure(lambda array: array[start:stop], x)
+
+
+def _named_examples(data, names, limit, argument):
+    """A dict of arrays for a model of named inputs: int32 ids, float32 values."""
+    if sorted(data) != names:
+        raise ValueError(
+            f"`{argument}` has inputs {sorted(data)}, but the model takes "
+            f"{names}: pass one array per input."
+        )
+    examples = {}
+    for name, values in data.items():
+        values = np.asarray(values)
+        dtype = "int32" if np.issubdtype(values.dtype, np.integer) else "float32"
+        examples[name] = values.astype(dtype)[:limit]
+    if len({len(values) for values in examples.values()}) != 1:
+        raise ValueError(f"The arrays of `{argument}` have different lengths.")
+    if num_examples(examples) == 0:
+        raise ValueError(f"`{argument}` is empty: it must hold at least one input.")
+    return examples
+
+
 def as_examples(data, model, limit, argument):
     """Reads up to `limit` input examples from an array or a `tf.data.Dataset`.
 
     Dataset elements may be `x` or `(x, y[, sample_weight])`, batched or not;
-    labels are ignored. Returns one float32 array `(n, ...)`.
+    labels are ignored. Returns one float32 array `(n, ...)`. For a model
+    of named inputs, `data` is a dict of arrays, one per input; returns the
+    dict, integer arrays as int32 and the others as float32.
     """
+    names = input_names(model)
+    if names is not None and isinstance(data, dict):
+        return _named_examples(data, names, limit, argument)
     input_shape = _single_input_shape(model)
     if isinstance(data, tf.data.Dataset):
         examples = _dataset_examples(data, input_shape, limit, argument)
@@ -105,6 +150,7 @@ def _shapes_compatible(shape, expected):
 
 
 def keras_outputs(model, x):
-    """`model.predict(x)` in float32, batched as the TFLite checks run."""
+    """`model.predict(x)` in float32, batched as the TFLite checks run; `x`
+    an array or, for named inputs, a dict of arrays."""
     outputs = model.predict(x, batch_size=VERIFY_BATCH, verbose=0)
     return np.asarray(outputs, dtype="float32")

@@ -35,6 +35,8 @@ from keras_kd.deploy.inputs import (
     as_examples,
     check_built,
     keras_outputs,
+    num_examples,
+    rows,
     student_of,
 )
 from keras_kd.deploy.on_tensorflow import call_in_tensorflow
@@ -178,16 +180,39 @@ def _float_output(output, output_detail):
     return np.asarray(output, dtype="float32").copy()
 
 
+def _predict_named(interpreter, x, batch_size):
+    """Runs a model of named inputs through its signature runner, by batch.
+
+    The runner takes the inputs by name (`token_ids=...`), each in the
+    file's dtype, and resizes them to each batch's shape; the model's single
+    output is returned.
+    """
+    runner = interpreter.get_signature_runner()
+    details = runner.get_input_details()
+    if sorted(x) != sorted(details):
+        raise ValueError(
+            f"The `.tflite` model takes inputs {sorted(details)}, got {sorted(x)}."
+        )
+    x = {name: np.asarray(x[name], details[name]["dtype"]) for name in details}
+    outputs = []
+    for start in range(0, num_examples(x), batch_size):
+        (output,) = runner(**rows(x, start, start + batch_size)).values()
+        outputs.append(np.asarray(output, dtype="float32").copy())
+    return np.concatenate(outputs)
+
+
 def tflite_predict(tflite_model, x, batch_size=VERIFY_BATCH, num_threads=None):
     """Runs a single-input `.tflite` model with the LiteRT interpreter.
 
     Integer inputs and outputs are handled for you: float inputs are quantized
     with the model's input scale and zero point, and integer outputs are
-    dequantized, so the result is comparable with `model.predict(x)`.
+    dequantized, so the result is comparable with `model.predict(x)`. A
+    model of named inputs (exported from a KerasHub task) takes a dict of
+    arrays, run through the file's signature by name.
 
     Args:
         tflite_model: Path of a `.tflite` file, or its bytes.
-        x: Float inputs, shape `(n, ...)`.
+        x: Float inputs, shape `(n, ...)`, or a dict of arrays by input name.
         batch_size: Examples per interpreter call. Defaults to `1000`.
         num_threads: Interpreter threads. Defaults to `None`, LiteRT's default.
 
@@ -196,7 +221,8 @@ def tflite_predict(tflite_model, x, batch_size=VERIFY_BATCH, num_threads=None):
 
     Raises:
         ImportError: if ai-edge-litert is not installed.
-        ValueError: if the model has more than one input or output.
+        ValueError: if the model has more than one output, or more than one
+            input and `x` is not a dict of them.
 
     Example:
 
@@ -206,6 +232,8 @@ def tflite_predict(tflite_model, x, batch_size=VERIFY_BATCH, num_threads=None):
     ```
     """
     interpreter = litert_interpreter(tflite_model, num_threads=num_threads)
+    if isinstance(x, dict):
+        return _predict_named(interpreter, x, batch_size)
     num_inputs = len(interpreter.get_input_details())
     num_outputs = len(interpreter.get_output_details())
     if num_inputs != 1 or num_outputs != 1:
@@ -311,7 +339,14 @@ def calibration_examples(model, quantizations, representative_data, limit):
         raise ValueError(
             f"`num_calibration_samples` must be a positive integer, got {limit!r}."
         )
-    return as_examples(representative_data, model, limit, "representative_data")
+    examples = as_examples(representative_data, model, limit, "representative_data")
+    if isinstance(examples, dict):
+        raise ValueError(
+            "Full-integer `'int8'` export takes models of one input; this one "
+            f"takes {sorted(examples)}. Choose `'dynamic_range'` (int8 "
+            "weights, float activations) or `'float16'`."
+        )
+    return examples
 
 
 def verify_tflite(
@@ -387,7 +422,7 @@ def compare_tflite(
         "top1_agreement": float(
             np.mean(actual.argmax(axis=-1) == expected.argmax(axis=-1))
         ),
-        "num_examples": len(x),
+        "num_examples": num_examples(x),
     }
     if quantization in FLOAT_TOLERANCES:
         tolerance = FLOAT_TOLERANCES[quantization] if tolerance is None else tolerance
@@ -402,7 +437,8 @@ def compare_tflite(
     elif figures["top1_agreement"] < min_top1_agreement:
         raise ExportVerificationError(
             f"The {quantization} `.tflite` model predicts the Keras model's class "
-            f"on only {figures['top1_agreement']:.2%} of {len(x)} inputs (needed "
+            f"on only {figures['top1_agreement']:.2%} of {num_examples(x)} inputs "
+            "(needed "
             f"{min_top1_agreement:.0%}). Calibrate on more, and more "
             "representative, `representative_data`, train the student longer, "
             "or ship `'float16'` instead."

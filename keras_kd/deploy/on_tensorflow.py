@@ -46,7 +46,8 @@ def call_in_tensorflow(function, model, data, arguments):
         function: The name of a `keras_kd.deploy` function that takes the
             model first: `"export_student"` or `"convert_to_tflite"`.
         model: The built model (a `keras.Model`) on any backend.
-        data: `{argument: float32 array or None}`: the example inputs.
+        data: `{argument: array, dict of arrays, or None}`: the example
+            inputs.
         arguments: The other keyword arguments (picklable).
 
     Returns:
@@ -54,10 +55,7 @@ def call_in_tensorflow(function, model, data, arguments):
     """
     with tempfile.TemporaryDirectory() as work:
         model.save(os.path.join(work, "model.keras"))
-        np.savez(
-            os.path.join(work, "data.npz"),
-            **{name: value for name, value in data.items() if value is not None},
-        )
+        np.savez(os.path.join(work, "data.npz"), **_flat(data))
         with open(os.path.join(work, "call.pickle"), "wb") as f:
             pickle.dump((function, arguments), f)
         env = dict(os.environ, KERAS_BACKEND="tensorflow")
@@ -82,6 +80,34 @@ def call_in_tensorflow(function, model, data, arguments):
     return outcome["result"]
 
 
+# `argument<SEPARATOR>input` names an array of a dict of named inputs in the
+# `.npz` file, which holds flat arrays only.
+_SEPARATOR = "::"
+
+
+def _flat(data):
+    """`data` as flat `{name: array}`, dicts of inputs under joined names."""
+    flat = {}
+    for argument, value in data.items():
+        if isinstance(value, dict):
+            flat.update({f"{argument}{_SEPARATOR}{k}": v for k, v in value.items()})
+        elif value is not None:
+            flat[argument] = value
+    return flat
+
+
+def _nested(flat):
+    """The inverse of `_flat`."""
+    data = {}
+    for name, value in flat.items():
+        argument, _, key = name.partition(_SEPARATOR)
+        if key:
+            data.setdefault(argument, {})[key] = value
+        else:
+            data[argument] = value
+    return data
+
+
 def _child(work) -> None:
     """Runs the saved call on `work/model.keras`; pickles the outcome."""
     import keras
@@ -91,7 +117,7 @@ def _child(work) -> None:
     with open(os.path.join(work, "call.pickle"), "rb") as f:
         function, arguments = pickle.load(f)
     with np.load(os.path.join(work, "data.npz")) as saved:
-        data = {name: saved[name] for name in saved.files}
+        data = _nested({name: saved[name] for name in saved.files})
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", UserWarning)
         try:

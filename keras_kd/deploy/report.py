@@ -12,12 +12,14 @@ import statistics
 import tempfile
 import time
 
+import keras
 import numpy as np
 import tensorflow as tf
 
 from keras_kd._distribute import on_tensorflow
 from keras_kd.deploy.export import export_student
-from keras_kd.deploy.inputs import keras_outputs, student_of
+from keras_kd.deploy.inputs import keras_outputs, num_examples, student_of
+from keras_kd.deploy.inputs import rows as input_rows
 from keras_kd.deploy.litert import (
     litert_interpreter,
     quantize_input,
@@ -41,24 +43,31 @@ def _median_latency_ms(run, runs, warmup):
     return 1000.0 * statistics.median(times)
 
 
-def _keras_latency_ms(model, example, runs, warmup):
-    """Median ms of one Keras inference on one example, compiled per backend.
+def _keras_latency_ms(model, batch, runs, warmup):
+    """Median ms of one Keras inference on a batch of one, compiled per backend.
 
     A traced `tf.function` on TensorFlow; the model's `predict_on_batch`
-    elsewhere (jitted on JAX, without gradients on PyTorch).
+    elsewhere (jitted on JAX, without gradients on PyTorch). `batch` is an
+    array, or a dict of arrays for a model of named inputs.
     """
-    batch = example[None]
     if not on_tensorflow():
         return _median_latency_ms(lambda: model.predict_on_batch(batch), runs, warmup)
     serve = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
-    batch = tf.constant(batch)
+    batch = keras.tree.map_structure(tf.constant, batch)
     return _median_latency_ms(lambda: serve(batch).numpy(), runs, warmup)
 
 
-def _litert_latency_ms(tflite_bytes, example, runs, warmup, num_threads):
+def _litert_latency_ms(tflite_bytes, batch, runs, warmup, num_threads):
     interpreter = litert_interpreter(tflite_bytes, num_threads=num_threads)
-    detail, output_detail = resize_input(interpreter, (1, *example.shape))
-    value = quantize_input(example[None], detail)
+    if isinstance(batch, dict):
+        runner = interpreter.get_signature_runner()
+        details = runner.get_input_details()
+        named = {
+            name: np.asarray(batch[name], details[name]["dtype"]) for name in details
+        }
+        return _median_latency_ms(lambda: runner(**named), runs, warmup)
+    detail, output_detail = resize_input(interpreter, batch.shape)
+    value = quantize_input(batch, detail)
 
     def run():
         interpreter.set_tensor(detail["index"], value)
@@ -109,7 +118,9 @@ def compression_report(
         models: `{name: model}`, e.g. `{"teacher": teacher, "student
             (scratch)": scratch, "student (distilled)": distiller}`; a
             `Distiller` stands for its student.
-        x_test: Test inputs `(n, ...)`.
+        x_test: Test inputs `(n, ...)`, or a dict of arrays for models of
+            named inputs (then without `representative_data`: int8 files
+            take models of one input).
         y_test: Integer test labels `(n,)`.
         representative_data: Calibration inputs for the int8 files. Defaults
             to `None`: the int8 columns are left `None`.
@@ -147,7 +158,8 @@ def compression_report(
     require_litert()
     quantizations = ("float32", "int8") if representative_data is not None else ()
     quantizations = quantizations or ("float32",)
-    x_test = np.asarray(x_test, dtype="float32")
+    if not isinstance(x_test, dict):
+        x_test = np.asarray(x_test, dtype="float32")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = tmp if directory is None else os.fspath(directory)
@@ -174,9 +186,9 @@ def _check_report_arguments(models, x_test, y_test, latency_runs):
     if not models:
         raise ValueError("`models` must be a non-empty dict `{name: model}`.")
     y_test = np.asarray(y_test).reshape(-1)
-    if len(y_test) != len(x_test):
+    if len(y_test) != num_examples(x_test):
         raise ValueError(
-            f"`y_test` has {len(y_test)} labels for {len(x_test)} inputs in "
+            f"`y_test` has {len(y_test)} labels for {num_examples(x_test)} inputs in "
             "`x_test`; pass integer class labels, one per input."
         )
     if (
@@ -194,13 +206,14 @@ def _report_row(name, model, result, x_test, y_test, runs, num_threads):
     """One `compression_report` row: `model` measured, `result` its export."""
     student = student_of(model)
     logits = keras_outputs(student, x_test)
+    one = input_rows(x_test, 0, 1)
     row = {
         "model": name,
         "parameters": result.parameters,
         "saved_model_kb": result.sizes["saved_model"] / 1024,
         "tflite_float32_kb": result.sizes["float32"] / 1024,
         "tflite_int8_kb": None,
-        "keras_ms": _keras_latency_ms(student, x_test[0], runs, _WARMUP_RUNS),
+        "keras_ms": _keras_latency_ms(student, one, runs, _WARMUP_RUNS),
         "litert_float32_ms": None,
         "litert_int8_ms": None,
         "accuracy": float(np.mean(np.argmax(logits, -1) == y_test)),
@@ -211,7 +224,7 @@ def _report_row(name, model, result, x_test, y_test, runs, num_threads):
         with open(path, "rb") as f:
             tflite_bytes = f.read()
         row[f"litert_{mode}_ms"] = _litert_latency_ms(
-            tflite_bytes, x_test[0], runs, _WARMUP_RUNS, num_threads
+            tflite_bytes, one, runs, _WARMUP_RUNS, num_threads
         )
     if "int8" in result.tflite:
         row["tflite_int8_kb"] = result.sizes["int8"] / 1024

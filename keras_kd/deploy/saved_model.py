@@ -13,7 +13,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_kd.deploy.errors import ExportVerificationError
-from keras_kd.deploy.inputs import VERIFY_BATCH
+from keras_kd.deploy.inputs import VERIFY_BATCH, num_examples, rows
 
 # The SavedModel's directory name, inside the export directory.
 SAVED_MODEL_DIR = "saved_model"
@@ -95,19 +95,24 @@ def _check_checkpoint_tensors(path, student, fix):
 def verify_saved_model(loaded, x, expected, path):
     """Raises unless the loaded SavedModel reproduces `expected` on `x`.
 
-    Runs `serving_default` on the first batch of `x`; returns
-    `max_abs_diff` and `num_examples`.
+    Runs `serving_default` on the first batch of `x` (an array, or a dict
+    of arrays passed by input name); returns `max_abs_diff` and
+    `num_examples`.
     """
-    x, expected = x[:VERIFY_BATCH], expected[:VERIFY_BATCH]
-    outputs = loaded.signatures["serving_default"](tf.constant(x))
+    x, expected = rows(x, 0, VERIFY_BATCH), expected[:VERIFY_BATCH]
+    serve = loaded.signatures["serving_default"]
+    if isinstance(x, dict):
+        outputs = serve(**{name: tf.constant(values) for name, values in x.items()})
+    else:
+        outputs = serve(tf.constant(x))
     actual = np.asarray(next(iter(outputs.values())), dtype="float32")
     max_abs_diff = float(np.max(np.abs(actual - expected)))
     if max_abs_diff > _SAVED_MODEL_TOLERANCE * max(1.0, np.max(np.abs(expected))):
         raise ExportVerificationError(
             f"The SavedModel at {path!r} disagrees with the Keras student: max "
-            f"|difference| {max_abs_diff:.3g} on {len(x)} inputs."
+            f"|difference| {max_abs_diff:.3g} on {num_examples(x)} inputs."
         )
-    return {"max_abs_diff": max_abs_diff, "num_examples": len(x)}
+    return {"max_abs_diff": max_abs_diff, "num_examples": num_examples(x)}
 
 
 def directory_size(path):
