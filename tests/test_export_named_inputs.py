@@ -40,9 +40,10 @@ def text_classifier():
 def inputs(count=50, seed=1):
     rng = np.random.default_rng(seed)
     lengths = rng.integers(2, LENGTH + 1, size=count)
-    mask = (np.arange(LENGTH)[None] < lengths[:, None]).astype("int64")
+    # As KerasHub's preprocessors give them: a boolean mask, integer ids.
+    mask = np.arange(LENGTH)[None] < lengths[:, None]
     ids = rng.integers(1, VOCAB, size=(count, LENGTH)) * mask
-    return {"token_ids": ids, "padding_mask": mask, "segment_ids": 0 * mask}
+    return {"token_ids": ids, "padding_mask": mask, "segment_ids": 0 * ids}
 
 
 @pytest.fixture(scope="module")

@@ -50,13 +50,15 @@ def _single_input_shape(model):
     return tuple(inputs[0].shape[1:])
 
 
-def input_names(model):
-    """The names of a model's dict inputs, sorted, or None for other inputs."""
+def named_inputs(model):
+    """`{name: input dtype}` of a model of dict inputs, or None for others."""
     try:
         structure = model.input
     except (AttributeError, ValueError):  # subclassed models have no graph input
         return None
-    return sorted(structure) if isinstance(structure, dict) else None
+    if not isinstance(structure, dict):
+        return None
+    return {name: tensor.dtype for name, tensor in sorted(structure.items())}
 
 
 def num_examples(x):
@@ -69,18 +71,18 @@ def rows(x, start, stop):
     return keras.tree.map_structure(lambda array: array[start:stop], x)
 
 
-def _named_examples(data, names, limit, argument):
-    """A dict of arrays for a model of named inputs: int32 ids, float32 values."""
-    if sorted(data) != names:
+def _named_examples(data, dtypes, limit, argument):
+    """A dict of arrays for a model of named inputs, each in its input's dtype
+    (a KerasHub `padding_mask` of booleans becomes the model's int32)."""
+    if sorted(data) != sorted(dtypes):
         raise ValueError(
             f"`{argument}` has inputs {sorted(data)}, but the model takes "
-            f"{names}: pass one array per input."
+            f"{sorted(dtypes)}: pass one array per input."
         )
-    examples = {}
-    for name, values in data.items():
-        values = np.asarray(values)
-        dtype = "int32" if np.issubdtype(values.dtype, np.integer) else "float32"
-        examples[name] = values.astype(dtype)[:limit]
+    examples = {
+        name: np.asarray(data[name]).astype(dtype)[:limit]
+        for name, dtype in dtypes.items()
+    }
     if len({len(values) for values in examples.values()}) != 1:
         raise ValueError(f"The arrays of `{argument}` have different lengths.")
     if num_examples(examples) == 0:
@@ -94,11 +96,11 @@ def as_examples(data, model, limit, argument):
     Dataset elements may be `x` or `(x, y[, sample_weight])`, batched or not;
     labels are ignored. Returns one float32 array `(n, ...)`. For a model
     of named inputs, `data` is a dict of arrays, one per input; returns the
-    dict, integer arrays as int32 and the others as float32.
+    dict, each array in its input's dtype.
     """
-    names = input_names(model)
-    if names is not None and isinstance(data, dict):
-        return _named_examples(data, names, limit, argument)
+    dtypes = named_inputs(model)
+    if dtypes is not None and isinstance(data, dict):
+        return _named_examples(data, dtypes, limit, argument)
     input_shape = _single_input_shape(model)
     if isinstance(data, tf.data.Dataset):
         examples = _dataset_examples(data, input_shape, limit, argument)
