@@ -204,16 +204,16 @@ def _cache_top_k(x, logits_of, batch_size, directory, verbose, top_k, temperatur
         )
     temperature = check_temperature(1.0 if temperature is None else temperature)
     check_positive_int(top_k, "top_k")
-    vocabulary = []
+    vocabulary = {}  # the teacher's output width, read off the first batch
 
     def reduced(batch):
         logits = logits_of(batch)
-        vocabulary.append(int(logits.shape[-1]))
+        size = vocabulary.setdefault("size", int(logits.shape[-1]))
         log_probs, indices = kd_top_k.top_k_log_probs(logits, top_k, temperature)
         return {
             kd_top_k.LOG_PROBS_KEY: ops.convert_to_numpy(log_probs),
             kd_top_k.INDICES_KEY: ops.convert_to_numpy(indices).astype(
-                kd_top_k.index_dtype(vocabulary[0])
+                kd_top_k.index_dtype(size)
             ),
         }
 
@@ -224,7 +224,7 @@ def _cache_top_k(x, logits_of, batch_size, directory, verbose, top_k, temperatur
         arrays[kd_top_k.LOG_PROBS_KEY],
         arrays[kd_top_k.INDICES_KEY],
         temperature,
-        vocabulary[0],
+        vocabulary["size"],
     )
 
 
