@@ -176,12 +176,6 @@ def teacher_caches(args, teacher, x):
     return caches
 
 
-def cache_bytes(cache):
-    if isinstance(cache, keras_kd.TopKTeacherOutputs):
-        return cache.nbytes
-    return int(cache.nbytes)
-
-
 def trained_student(args, method, teacher, cache, vocabulary_size, train, seed):
     student = causal_lm(vocabulary_size, 2, 128, args.length, "student", seed)
     fit = dict(epochs=args.epochs, verbose=args.verbose)
@@ -289,7 +283,7 @@ def main(argv=None):
     print(results["teacher"], results["sequences"], flush=True)
     caches = teacher_caches(args, teacher, subset[0])
     results["cache_bytes_per_token"] = {
-        method: cache_bytes(cache) / subset[1].size for method, cache in caches.items()
+        method: int(cache.nbytes) / subset[1].size for method, cache in caches.items()
     }
     # A prompt from the middle of a held-out play: 16 tokens of dialogue.
     prompt = validation[0]["token_ids"][len(validation[1]) // 2][:16]
