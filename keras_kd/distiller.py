@@ -6,7 +6,7 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
-from keras_kd import _distribute, _models, _objective, _training
+from keras_kd import _distribute, _models, _objective, _probe, _training
 from keras_kd import augmentation as kd_augmentation
 from keras_kd import features as kd_features
 from keras_kd import losses as kd_losses
@@ -510,7 +510,7 @@ class Distiller(_training.Trainer):
         it on one batch before `fit` when `fit` gets a Python generator,
         which cannot be read ahead.
         """
-        probe = _training.probe_batch(x, y)
+        probe = _probe.probe_batch(x, y)
         if probe is None or _distribute.on_tpu():
             return
         inputs, labels = probe
@@ -524,8 +524,8 @@ class Distiller(_training.Trainer):
         teacher = self.teacher if plan is None else plan.teacher
         student = self.student if plan is None else plan.student
         if teacher_logits is None:
-            teacher_logits = _training.forward(teacher, inputs, "teacher")
-        student_logits = _training.forward(student, inputs, "student")
+            teacher_logits = _probe.forward(teacher, inputs, "teacher")
+        student_logits = _probe.forward(student, inputs, "student")
         if plan is not None:
             (teacher_logits, teacher_features) = teacher_logits
             (student_logits, student_features) = student_logits
@@ -538,7 +538,7 @@ class Distiller(_training.Trainer):
             _models.check_outputs(
                 student_logits, teacher_logits, self.teacher_outputs == "logits"
             )
-        _training.check_labels(labels, student_logits)
+        _probe.check_labels(labels, student_logits)
 
     def get_config(self):
         config = super().get_config()
