@@ -18,8 +18,7 @@ import tensorflow as tf
 
 from keras_kd._distribute import on_tensorflow
 from keras_kd.deploy.export import export_student
-from keras_kd.deploy.inputs import keras_outputs, num_examples, student_of
-from keras_kd.deploy.inputs import rows as input_rows
+from keras_kd.deploy.inputs import keras_outputs, num_examples, rows, student_of
 from keras_kd.deploy.litert import (
     litert_interpreter,
     quantize_input,
@@ -160,7 +159,7 @@ def compression_report(
     quantizations = quantizations or ("float32",)
     if not isinstance(x_test, dict):
         x_test = np.asarray(x_test, dtype="float32")
-    rows = []
+    report_rows = []
     with tempfile.TemporaryDirectory() as tmp:
         root = tmp if directory is None else os.fspath(directory)
         for index, (name, model) in enumerate(models.items()):
@@ -173,12 +172,12 @@ def compression_report(
                 verify_data=x_test,
                 min_top1_agreement=0.0,
             )
-            rows.append(
+            report_rows.append(
                 _report_row(
                     name, model, result, x_test, y_test, latency_runs, num_threads
                 )
             )
-    return rows
+    return report_rows
 
 
 def _check_report_arguments(models, x_test, y_test, latency_runs):
@@ -206,7 +205,7 @@ def _report_row(name, model, result, x_test, y_test, runs, num_threads):
     """One `compression_report` row: `model` measured, `result` its export."""
     student = student_of(model)
     logits = keras_outputs(student, x_test)
-    one = input_rows(x_test, 0, 1)
+    one = rows(x_test, 0, 1)
     row = {
         "model": name,
         "parameters": result.parameters,
